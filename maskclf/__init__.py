@@ -1,1 +1,4 @@
 __version__ = "0.1.0"
+
+import os as _os
+_os.environ.setdefault('NO_ALBUMENTATIONS_UPDATE', '1')  # albumentations otherwise checks for updates online at import
