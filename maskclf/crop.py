@@ -18,10 +18,10 @@ from tqdm.auto import tqdm
 from .core import outputs_dir, atomic_path, get_device, real_data, MASK_NAMES
 
 # %% auto #0
-__all__ = ['DETECTOR', 'DEFAULT_PRIOR', 'BOX', 'CROP_VERSION', 'load_image', 'image_size', 'DetectorConfig', 'config_key',
-           'box_side', 'choose_face', 'plausible', 'detect_faces', 'file_stamp', 'boxes_path', 'write_boxes',
-           'complete_boxes', 'crop_window', 'cache_key', 'crop_cache', 'cache_boxes', 'box_hits', 'show_boxes',
-           'person_spread']
+__all__ = ['DETECTOR', 'DEFAULT_PRIOR', 'BOX', 'CROP_VERSION', 'load_image', 'image_size', 'DetectorConfig', 'detector_passes',
+           'config_key', 'box_side', 'choose_face', 'plausible', 'detect_faces', 'file_stamp', 'boxes_path',
+           'write_boxes', 'complete_boxes', 'crop_window', 'cache_key', 'crop_cache', 'cache_boxes', 'box_hits',
+           'show_boxes', 'person_spread']
 
 # %% ../nbs/03_crop.ipynb #c849ea78
 _TURNED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
@@ -46,22 +46,29 @@ def image_size(path) -> tuple[int, int]:
 # %% ../nbs/03_crop.ipynb #cb0e7222
 @dataclass(frozen=True)
 class DetectorConfig:
-    "MTCNN settings: two passes, plausibility, and how to choose among several faces."
+    "MTCNN settings: a first pass and retries, plausibility, and how to choose among several faces."
     thresholds: tuple = (0.6, 0.7, 0.7)  # MTCNN P/R/O-net thresholds of the first pass
-    min_face: float = 0.1  # smallest face searched, as a fraction of the image's shorter side (>= 1: pixels)
+    min_face: float = 0.25  # smallest face searched, as a fraction of the image's shorter side (>= 1: pixels)
     factor: float = 0.709  # image pyramid step
-    retries: tuple = (((0.3, 0.2, 0.1), 0.4, 0.8), ((0.3, 0.2, 0.1), 0.2, 0.8))  # relaxed passes (thresholds, min_face, factor), each for the photos still without a plausible face
-    retry_min_score: float = 0.25  # relaxed-pass detections below this probability are not plausible
+    retries: tuple = (((0.6, 0.7, 0.7), 0.1, 0.709, 0.9, 0.2),  # later passes, each for the photos still unsure:
+                      ((0.3, 0.2, 0.1), 0.4, 0.8), ((0.3, 0.2, 0.1), 0.2, 0.8))  # (thresholds, min_face, factor[, min_score, sure_rel])
+    retry_min_score: float = 0.25  # a retry without its own min_score: detections below this probability are not plausible
     min_score: float = 0.9  # first-pass detections below this probability are not plausible
     min_rel: float = 0.1  # plausible face side (sqrt of the area) at least this fraction of the shorter side...
     max_rel: float = 1.2  # ...and at most this
-    sure_rel: float = 0.2  # a first-pass face smaller than this (fraction of the shorter side) is kept only if the retries find none
+    sure_rel: float = 0.2  # a first-pass face smaller than this (fraction of the shorter side) is kept only if the retries find none (retries without their own: `min_rel`)
+    sure_centre: float = 0.3  # ...and so is one whose centre is further than this from the image centre (fraction of the image size)
     centre_weight: float = 1.0  # choosing among faces: penalty per unit distance from the image centre
     score_weight: float = 0.5  # choosing among faces: bonus per unit of probability
     det_short: int = 0  # if > 0, photos are decoded so their shorter side is at most this many pixels before detection (faster, lower recall: see the table)
-    version: int = 1  # bump when the detection code changes the boxes
+    version: int = 2  # bump when the detection code changes the boxes
 
 DETECTOR = DetectorConfig()
+
+def detector_passes(cfg: DetectorConfig = DETECTOR) -> list:
+    "Every pass as (thresholds, min_face, factor, min_score, sure_rel, sure_centre): the first, then the retries."
+    return [(cfg.thresholds, cfg.min_face, cfg.factor, cfg.min_score, cfg.sure_rel, cfg.sure_centre)] + \
+           [(*r, 1.) if len(r) == 5 else (*r, cfg.retry_min_score, cfg.min_rel, 1.) for r in cfg.retries]
 
 def config_key(*parts) -> str:
     "A short stable hash of JSON-able parts."
@@ -96,6 +103,10 @@ def plausible(box, prob, width: int, height: int, cfg: DetectorConfig = DETECTOR
     return bool(prob >= (cfg.min_score if min_score is None else min_score) and (cfg.min_rel if min_rel is None else min_rel) <= rel <= cfg.max_rel
                 and 0 <= cx <= width and 0 <= cy <= height)
 
+def _off_centre(box, width: int, height: int) -> float:
+    "Distance of the box centre from the image centre, in units of the image size."
+    return float(np.hypot(((box[0] + box[2]) / 2 - width / 2) / width, ((box[1] + box[3]) / 2 - height / 2) / height))
+
 # %% ../nbs/03_crop.ipynb #bb8f2ce1
 _NETS = {}
 
@@ -106,19 +117,79 @@ def _mtcnn(device):
     if key not in _NETS: _NETS[key] = MTCNN(keep_all=True, device=device).eval()
     return _NETS[key]
 
+def _to_net(a: np.ndarray, device):
+    "Pixels (B,H,W,3) -> the float NCHW tensor MTCNN's nets expect (scaled to about [-1, 1])."
+    import torch
+    t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device).permute(0, 3, 1, 2)
+    return t.sub(127.5).mul_(1 / 128)
+
+def _bins(start, stop, n: int):
+    "Bins of `torch`'s area resampling of [start, stop) into n cells: first (inclusive) and last (exclusive) row."
+    start, stop = np.asarray(start)[:, None], np.asarray(stop)[:, None]; i = np.arange(n)[None]; size = stop - start
+    return start + i * size // n, start - (-(i + 1) * size // n)
+
+def _area(sums, img, y0, y1, x0, x1, sides) -> np.ndarray:
+    "Area-resample windows [y0,y1)x[x0,x1) of images `img` to sides (h, w) from integral images `sums`: (K,h,w,3)."
+    ya, yb = _bins(y0, y1, sides[0]); xa, xb = _bins(x0, x1, sides[1])
+    k = np.asarray(img)[:, None, None]; ya, yb, xa, xb = ya[:, :, None], yb[:, :, None], xa[:, None], xb[:, None]
+    tot = sums[k, yb, xb] - sums[k, ya, xb] - sums[k, yb, xa] + sums[k, ya, xa]
+    return tot / ((yb - ya) * (xb - xa))[..., None].astype(np.float32)
+
+def _integral(imgs: np.ndarray) -> np.ndarray:
+    "Integral images (B,H+1,W+1,3): sums[b, y, x] = sum of imgs[b, :y, :x] (exact: integers, or float64 for huge photos)."
+    import cv2
+    depth = cv2.CV_32S if imgs.shape[1] * imgs.shape[2] * 255 < 2**31 else cv2.CV_64F
+    return np.stack([cv2.integral(np.ascontiguousarray(im), sdepth=depth) for im in imgs])
+
+def _patches(sums, boxes, inds, side: int, h: int, w: int, device):
+    "Square patches of `boxes` (clipped to the image) area-resampled to side x side; and the rows kept."
+    from facenet_pytorch.models.utils.detect_face import pad
+    y1, y2, x1, x2 = pad(boxes, w, h)  # 1-based, clipped
+    keep = np.flatnonzero((y2 >= y1) & (x2 >= x1))
+    x = _area(sums, inds.cpu().numpy()[keep], y1[keep] - 1, y2[keep], x1[keep] - 1, x2[keep], (side, side))
+    return _to_net(x, device), keep
+
+def _cascade(imgs: np.ndarray, minsize: float, net, thresholds, factor: float, device) -> list:
+    "MTCNN's three stages on a (B,H,W,3) uint8 batch, resampling from integral images: per image (boxes (n,4), probs (n,))."
+    import torch
+    from torchvision.ops import batched_nms
+    from facenet_pytorch.models.utils.detect_face import generateBoundingBox, bbreg, rerec, batched_nms_numpy
+    n, h, w = imgs.shape[:3]; sums = _integral(imgs); every = np.arange(n)
+    scales, s = [], 12. / minsize
+    while min(h, w) * s >= 12: scales.append(s); s *= factor  # pyramid: the smallest face maps to P-net's 12 px
+    cand, owner = [], []
+    for s in scales:  # stage 1: P-net proposes windows on every pyramid level
+        lvl = _area(sums, every, np.zeros(n, int), np.full(n, h), np.zeros(n, int), np.full(n, w), (int(h * s + 1), int(w * s + 1)))
+        reg, prob = net.pnet(_to_net(lvl, device))
+        b, i = generateBoundingBox(reg, prob[:, 1], s, thresholds[0])
+        keep = batched_nms(b[:, :4], b[:, 4], i, 0.5); cand.append(b[keep]); owner.append(i[keep])
+    b, i = torch.cat(cand), torch.cat(owner)
+    keep = batched_nms(b[:, :4], b[:, 4], i, 0.7); b, i = b[keep], i[keep]
+    bw, bh = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]  # P-net's regression, then square windows
+    boxes = rerec(torch.stack([b[:, 0] + b[:, 5] * bw, b[:, 1] + b[:, 6] * bh, b[:, 2] + b[:, 7] * bw,
+                               b[:, 3] + b[:, 8] * bh, b[:, 4]], 1))
+    for stage, (side, thr) in enumerate([(24, thresholds[1]), (48, thresholds[2])]):  # stages 2 and 3: R-net, O-net
+        if not len(boxes): break
+        x, keep = _patches(sums, boxes, i, side, h, w, device)
+        keep = torch.as_tensor(keep, dtype=torch.long, device=boxes.device); boxes, i = boxes[keep], i[keep]
+        if not len(keep): break
+        out = net.rnet(x) if stage == 0 else net.onet(x)
+        reg, score = out[0], out[-1][:, 1]; ok = score > thr
+        boxes = torch.cat([boxes[ok, :4], score[ok, None]], 1); i, reg = i[ok], reg[ok]
+        if stage == 0:
+            keep = batched_nms(boxes[:, :4], boxes[:, 4], i, 0.7)
+            boxes, i = rerec(bbreg(boxes[keep], reg[keep])), i[keep]
+        else:
+            boxes = bbreg(boxes, reg)
+            keep = batched_nms_numpy(boxes[:, :4], boxes[:, 4], i, 0.7, 'Min'); boxes, i = boxes[keep], i[keep]
+    boxes, i = boxes.cpu().numpy().astype(float), i.cpu().numpy()
+    return [(boxes[i == k, :4], boxes[i == k, 4]) for k in range(n)]
+
 def _detect_batch(imgs: np.ndarray, thresholds, min_face: float, factor: float, device) -> list:
     "Raw MTCNN candidates for a (B,H,W,3) uint8 batch: a list of (boxes (n,4), probs (n,)) float arrays."
     import torch
-    from facenet_pytorch.models.utils.detect_face import detect_face
-    net = _mtcnn(device)
     minsize = float(min_face) if min_face >= 1 else max(12., min_face * min(imgs.shape[1:3]))
-    with torch.no_grad():
-        boxes, _ = detect_face(imgs, minsize, net.pnet, net.rnet, net.onet, list(thresholds), factor, device)
-    out = []
-    for b in boxes:
-        b = np.asarray(b, dtype=float).reshape(-1, 5)
-        out.append((b[:, :4], b[:, 4]))
-    return out
+    with torch.no_grad(): return _cascade(imgs, minsize, _mtcnn(device), list(thresholds), factor, device)
 
 # %% ../nbs/03_crop.ipynb #17e31e2c
 def _batches(paths, sizes, batch_size):
@@ -130,18 +201,30 @@ def _batches(paths, sizes, batch_size):
 
 def _decode(paths, idx, size=None, n_threads=2) -> np.ndarray:
     "Decode photos `idx` (all of one size) into a (B,H,W,3) uint8 array, resized to `size` (w,h) if given."
+    if n_threads <= 1: return np.stack([np.asarray(load_image(paths[i], size)) for i in idx])
     with ThreadPoolExecutor(n_threads) as ex: return np.stack(list(ex.map(lambda i: np.asarray(load_image(paths[i], size)), idx)))
+
+class _torch_threads:
+    "Context: torch intra-op threads set to n (0: unchanged), restored on exit."
+    def __init__(self, n: int): self.n = n
+    def __enter__(self):
+        import torch
+        self.old = torch.get_num_threads()
+        if self.n: torch.set_num_threads(self.n)
+    def __exit__(self, *exc):
+        import torch
+        torch.set_num_threads(self.old)
 
 def _det_size(size, det_short: int) -> tuple[int, int]:
     "Size (w,h) at which a photo of `size` is shown to the detector."
     s = min(1., det_short / min(size)) if det_short else 1.
     return max(1, round(size[0] * s)), max(1, round(size[1] * s))
 
-def _detect_group(paths, idx, sizes, thresholds, min_face, factor, device, det_short):
+def _detect_group(paths, idx, sizes, thresholds, min_face, factor, device, det_short, n_threads=2):
     "Candidates for same-size photos `idx`, in the photos' own pixel coordinates."
     (w, h) = sizes[idx[0]]; dw, dh = _det_size((w, h), det_short)
     scale = np.array([w / dw, h / dh, w / dw, h / dh])
-    return [(b * scale, p) for b, p in _detect_batch(_decode(paths, idx, (dw, dh)), thresholds, min_face, factor, device)]
+    return [(b * scale, p) for b, p in _detect_batch(_decode(paths, idx, (dw, dh), n_threads), thresholds, min_face, factor, device)]
 
 # %% ../nbs/03_crop.ipynb #74c75843
 def detect_faces(paths, # photo files
@@ -149,29 +232,29 @@ def detect_faces(paths, # photo files
                  batch_size: int = 16, # photos per MTCNN call (same-size photos only)
                  cfg: DetectorConfig = DETECTOR, # detector settings
                  progress: bool = True, # show a progress bar
+                 workers: int = 0, # batches detected at once, one torch thread each (0: up to 2 on CPU, 1 on CUDA)
                 ) -> pd.DataFrame:
     "One face per photo: DataFrame path,x1,y1,x2,y2,score,source (`detector` or `none`),width,height,passes."
     paths = [str(p) for p in paths]; device = get_device(device)
     sizes = [image_size(p) for p in paths]
     res = np.full((len(paths), 5), np.nan); passes = np.zeros(len(paths), int)
-    retry = []
-    with tqdm(total=len(paths), desc='faces', disable=not progress) as bar:
-        for idx in _batches(paths, sizes, batch_size):
-            for i, (b, p) in zip(idx, _detect_group(paths, idx, sizes, cfg.thresholds, cfg.min_face, cfg.factor, device, cfg.det_short)):
-                w, h = sizes[i]; k = choose_face(b, p, w, h, cfg); passes[i] = 1
-                if k >= 0 and plausible(b[k], p[k], w, h, cfg): res[i] = [*b[k], p[k]]
-                if not (k >= 0 and plausible(b[k], p[k], w, h, cfg, min_rel=cfg.sure_rel)): retry.append(i)
-            bar.update(len(idx))
-        for thr, min_face, factor in cfg.retries:  # relaxed passes, each for the photos still unsure
-            if not retry: break
-            bar.total += len(retry); bar.refresh(); todo, retry = retry, []
-            for idx in _batches([paths[i] for i in todo], [sizes[i] for i in todo], batch_size):
-                idx = [todo[j] for j in idx]
-                for i, (b, p) in zip(idx, _detect_group(paths, idx, sizes, thr, min_face, factor, device, cfg.det_short)):
-                    w, h = sizes[i]; k = choose_face(b, p, w, h, cfg); passes[i] += 1
-                    if k >= 0 and plausible(b[k], p[k], w, h, cfg, min_score=cfg.retry_min_score):
-                        res[i] = [*b[k], p[k]]  # replaces a small first-pass face
-                    else: retry.append(i)
+    todo = list(range(len(paths)))
+    workers = workers or (1 if device.type == 'cuda' else min(2, os.cpu_count() or 1))
+    with (_torch_threads(1 if device.type == 'cpu' else 0), ThreadPoolExecutor(workers) as pool,
+          tqdm(total=len(paths), desc='faces', disable=not progress) as bar):
+        for k, (thr, min_face, factor, min_score, sure_rel, sure_centre) in enumerate(detector_passes(cfg)):
+            if not todo: break
+            if k: bar.total += len(todo); bar.refresh()
+            todo, retry = [], todo
+            groups = [[retry[j] for j in idx] for idx in _batches([paths[i] for i in retry], [sizes[i] for i in retry], batch_size)]
+            run = lambda idx: _detect_group(paths, idx, sizes, thr, min_face, factor, device, cfg.det_short, n_threads=1 if workers > 1 else 2)
+            for idx, found in zip(groups, pool.map(run, groups)):
+                for i, (b, p) in zip(idx, found):
+                    w, h = sizes[i]; j = choose_face(b, p, w, h, cfg); passes[i] += 1
+                    if j >= 0 and plausible(b[j], p[j], w, h, cfg, min_score=min_score):
+                        res[i] = [*b[j], p[j]]  # a later pass replaces a small face of an earlier one
+                    if not (j >= 0 and plausible(b[j], p[j], w, h, cfg, min_score=min_score, min_rel=sure_rel)
+                            and _off_centre(b[j], w, h) <= sure_centre): todo.append(i)
                 bar.update(len(idx))
     df = pd.DataFrame(res, columns=['x1', 'y1', 'x2', 'y2', 'score'])
     df.insert(0, 'path', paths)
