@@ -337,8 +337,8 @@ def crop_window(box, # face box x1,y1,x2,y2
     if w / h < aspect: w = h * aspect
     else: h = w / aspect
     s = min(1., width / w, height / h); w, h = w * s, h * s
-    left = min(max(cx - w / 2, 0.), width - w); top = min(max(cy - h / 2, 0.), height - h)
-    return left, top, left + w, top + h
+    left = max(0., min(cx - w / 2, width - w)); top = max(0., min(cy - h / 2, height - h))  # max last: w*s may round past the edge
+    return left, top, min(left + w, width), min(top + h, height)
 
 # %% ../nbs/03_crop.ipynb #6722d7e7
 CROP_VERSION = 1  # bump when the cropping code changes the pixels
