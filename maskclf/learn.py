@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from .core import (HEADS, HEAD_SIZES, HEAD_NAMES, N_CLASSES, CLASS_NAMES, UNKNOWN, EVAL_OLD_FROM, encode,
                           decode, age2band, seed_everything, outputs_dir, fresh_dir, atomic_path, save_json,
                           get_device)
+from .augment import TTA_MODES, tta_wrapper
 
 # %% auto #0
 __all__ = ['DEFAULT_CONFIG', 'CHOICES', 'resolve_config', 'as_list', 'train_targets', 'keep_for_training', 'CropDataset',
@@ -61,7 +62,7 @@ def resolve_config(cfg: dict | None = None, **overrides) -> dict:
     return out
 
 CHOICES = dict(head=('multi', 'linear', 'arcface'), optimizer=('sgd', 'adam', 'adamw'), sampler=('random', 'balanced'),
-               scheduler=('cosine', 'onecycle', 'plateau', 'none'), mix=('none', 'cutmix', 'mixup'), tta=('none', 'hflip'))
+               scheduler=('cosine', 'onecycle', 'plateau', 'none'), mix=('none', 'cutmix', 'mixup'), tta=tuple(TTA_MODES))
 
 def as_list(x) -> list:
     "A list from a list, a tuple, None/'' (empty) or a comma-separated string (handy on the command line)."
@@ -258,17 +259,16 @@ def train_one_epoch(model, loader, loss_fn, optimizer, precision: Precision, sch
 # %% ../nbs/07_learn.ipynb #0a137279
 @torch.no_grad()
 def predict_probs(model, loader, precision: Precision, tta: str = 'none', loss_fn=None, show: bool = False):
-    "(probs (N,18) float32, mean loss or None) for every row of `loader`, in order."
+    "(probs (N,18) float32, mean loss or None) for every row of `loader`, in order; TTA views weighted equally."
     from maskclf.model import outputs2probs
     model.eval(); probs, total, n = [], 0., 0
+    viewed = model if tta in ('none', None, '') else tta_wrapper(model, tta)  # the one TTA implementation
     for x, y in tqdm(loader, desc='predict', leave=False, disable=not show):
         x = precision.to_device(x)
         with precision.autocast():
-            out = model(x)
-            p = outputs2probs(out).float()
-            if tta == 'hflip': p = (p + outputs2probs(model(x.flip(3))).float()) / 2
-            elif tta not in ('none', None, ''): raise ValueError(f"tta must be 'none' or 'hflip', not {tta!r}")
-            if loss_fn is not None:
+            out = model(x) if loss_fn is not None or viewed is model else None
+            p = outputs2probs(out if viewed is model else viewed(x)).float()
+            if loss_fn is not None:  # the loss is always that of the plain view
                 total += loss_fn(out, _targets_to(y, precision.device)).float().item() * len(x); n += len(x)
         probs.append(p.cpu())
     probs = torch.cat(probs).numpy().astype(np.float32) if probs else np.zeros((0, N_CLASSES), np.float32)
