@@ -15,7 +15,7 @@ import numpy as np
 __all__ = ['UNKNOWN', 'HEADS', 'HEAD_SIZES', 'N_CLASSES', 'MASK_NAMES', 'GENDER_NAMES', 'AGE_NAMES', 'HEAD_NAMES',
            'MASK_FILE_STEMS', 'CLASS_NAMES', 'EVAL_OLD_FROM', 'Mask', 'Gender', 'AgeBand', 'encode', 'decode',
            'class_name', 'age2band', 'seed_everything', 'seed_worker', 'repo_root', 'outputs_dir', 'shared_dir',
-           'real_data', 'in_test', 'fresh_dir', 'atomic_path', 'save_json', 'get_device']
+           'real_data', 'in_test', 'fresh_dir', 'atomic_path', 'save_json', 'code_version', 'get_device']
 
 # %% ../nbs/00_core.ipynb #220ddf45
 class Mask(IntEnum):
@@ -144,6 +144,19 @@ def save_json(obj, path) -> Path:
     return Path(path)
 
 # %% ../nbs/00_core.ipynb #84d75235
+def code_version() -> dict:
+    "maskclf's version and, in a git checkout, its commit ('+dirty' when `maskclf/` has uncommitted changes)."
+    import subprocess
+    from maskclf import __version__
+    out, root = {'maskclf': __version__}, Path(__file__).resolve().parent.parent
+    git = lambda *a: subprocess.run(['git', '-C', str(root), *a], capture_output=True, text=True, timeout=10).stdout.strip()
+    try:
+        commit = git('rev-parse', '--short', 'HEAD')
+        if commit: out['commit'] = commit + ('+dirty' if git('status', '--porcelain', '--', 'maskclf') else '')
+    except (OSError, subprocess.SubprocessError): pass  # no git: the version alone
+    return out
+
+# %% ../nbs/00_core.ipynb #33c4a5c4
 def get_device(device=None):
     "A `torch.device`: the one asked for, else CUDA where available, else CPU."
     import torch

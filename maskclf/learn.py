@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from .core import (HEADS, HEAD_SIZES, HEAD_NAMES, N_CLASSES, CLASS_NAMES, UNKNOWN, EVAL_OLD_FROM, encode,
                           decode, age2band, seed_everything, outputs_dir, fresh_dir, atomic_path, save_json,
-                          get_device)
+                          get_device, code_version)
 from .augment import TTA_MODES, tta_wrapper
 
 # %% auto #0
@@ -575,7 +575,7 @@ def run_fold(cfg: dict) -> dict:
     if world > 1: model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None)
     history = fit(model, train_dl, val_dl, loss_fn, optimizer, schedule, prec, cfg, fold_dir, start, best, best_epoch, main)
     # final predictions with the best weights
-    result = finish_fold(cfg, fold_dir, df, ev, val_idx, pixels, prec, main, history)
+    result = finish_fold(cfg, fold_dir, df, ev, val_idx, pixels, prec, main, history, n_train=len(train_idx))
     _barrier()
     return result
 
@@ -614,7 +614,7 @@ def fit(model, train_dl, val_dl, loss_fn, optimizer, schedule, prec, cfg, fold_d
     return pd.read_csv(hist_path) if main else pd.DataFrame()
 
 # %% ../nbs/07_learn.ipynb #6d9ea7c5
-def finish_fold(cfg, fold_dir, df, ev, val_idx, pixels, prec, main, history) -> dict:
+def finish_fold(cfg, fold_dir, df, ev, val_idx, pixels, prec, main, history, n_train: int = 0) -> dict:
     "Predict validation and eval photos with `best.pt` (+TTA), write oof/test/submission/metrics/figures/report."
     _barrier()
     rank, world, _ = dist_info()
@@ -635,9 +635,9 @@ def finish_fold(cfg, fold_dir, df, ev, val_idx, pixels, prec, main, history) -> 
         test_probs, _ = gather_shards(predict_probs(model, ev_dl, prec, cfg['tta'])[0], None, len(ev) if world > 1 else None)
     ck = load_checkpoint(fold_dir / 'best.pt')
     metrics = {**{k: v for k, v in va.items() if k not in ('probs', 'val_loss', 'val_seconds')},
-               'best_epoch': ck['epoch'], 'epochs_run': int(len(history)), 'n_train_rows': int((df.fold != cfg['fold']).sum()),
+               'best_epoch': ck['epoch'], 'epochs_run': int(len(history)), 'n_train_rows': int(n_train),
                'n_val': int(len(val_idx)), 'n_eval': int(len(ev)) if ev is not None else 0, 'tta': cfg['tta'],
-               'device': str(prec.device), 'world_size': world,
+               'device': str(prec.device), 'world_size': world, 'code': code_version(),
                'train_seconds': float(history.train_seconds.sum()) if len(history) else 0.0}
     if main:
         oof = make_oof(df.iloc[val_idx], va['probs'])
