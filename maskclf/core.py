@@ -146,9 +146,8 @@ def save_json(obj, path) -> Path:
 # %% ../nbs/00_core.ipynb #84d75235
 def code_version() -> dict:
     "maskclf's version and, in a git checkout, its commit ('+dirty' when `maskclf/` has uncommitted changes)."
-    import subprocess
-    from maskclf import __version__
-    out, root = {'maskclf': __version__}, Path(__file__).resolve().parent.parent
+    import subprocess, maskclf
+    out, root = {'maskclf': maskclf.__version__}, Path(maskclf.__file__).resolve().parent.parent
     git = lambda *a: subprocess.run(['git', '-C', str(root), *a], capture_output=True, text=True, timeout=10).stdout.strip()
     try:
         commit = git('rev-parse', '--short', 'HEAD')

@@ -154,7 +154,7 @@ def test_demo_f1_floor_small(outputs):
     assert r['f1_macro'] >= FLOOR_SMALL, r
 
 
-@pytest.mark.skipif(not os.environ.get('MASKCLF_SLOW'), reason='the full default config: set MASKCLF_SLOW=1 (~2 min idle, ~10 busy)')
+@pytest.mark.skipif(bool(os.environ.get('MASKCLF_FAST')), reason='MASKCLF_FAST=1 skips the full default config (~1.5 min idle)')
 def test_demo_f1_floor_default(tmp_path, monkeypatch):
     "The main job (default config, fold 4, fresh demo data) scores well above chance (1/18 = 0.056)."
     monkeypatch.setenv('MASKCLF_OUTPUTS', str(tmp_path))
