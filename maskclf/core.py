@@ -14,8 +14,8 @@ import numpy as np
 # %% auto #0
 __all__ = ['UNKNOWN', 'HEADS', 'HEAD_SIZES', 'N_CLASSES', 'MASK_NAMES', 'GENDER_NAMES', 'AGE_NAMES', 'HEAD_NAMES',
            'MASK_FILE_STEMS', 'CLASS_NAMES', 'EVAL_OLD_FROM', 'Mask', 'Gender', 'AgeBand', 'encode', 'decode',
-           'class_name', 'age2band', 'seed_everything', 'seed_worker', 'repo_root', 'outputs_dir', 'shared_dir',
-           'real_data', 'in_test', 'fresh_dir', 'atomic_path', 'save_json', 'code_version', 'get_device']
+           'encode_known', 'class_name', 'age2band', 'seed_everything', 'seed_worker', 'repo_root', 'outputs_dir',
+           'shared_dir', 'real_data', 'in_test', 'fresh_dir', 'atomic_path', 'save_json', 'code_version', 'get_device']
 
 # %% ../nbs/00_core.ipynb #220ddf45
 class Mask(IntEnum):
@@ -53,6 +53,11 @@ def encode(mask, gender, age):
 def decode(label):
     "Mask state, gender and age band from an 18-class label (int or array)."
     return label // 6, (label // 3) % 2, label % 3
+
+def encode_known(mask, gender, age) -> np.ndarray:
+    "18-class labels from head arrays, `UNKNOWN` (-1) wherever any head is unknown."
+    mask, gender, age = (np.asarray(a, int) for a in (mask, gender, age))
+    return np.where((mask >= 0) & (gender >= 0) & (age >= 0), encode(mask, gender, age), UNKNOWN)
 
 # %% ../nbs/00_core.ipynb #0854173a
 def class_name(label: int) -> str:

@@ -9,7 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, asdict, replace
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
@@ -407,6 +406,7 @@ def box_hits(found: pd.DataFrame, # boxes with `source` (only `detector` rows ca
 # %% ../nbs/03_crop.ipynb #c0ba6214
 def show_boxes(paths, boxes: pd.DataFrame, truth=None, titles=None, ncols: int = 8, size: float = 1.8):
     "Draw photos with their boxes (red; green: `truth`), one small axis each."
+    import matplotlib.pyplot as plt  # here, not at import: training and inference never plot boxes
     n = len(paths); nrows = max(1, -(-n // ncols))
     fig, axs = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * size * 1.2), squeeze=False)
     for ax in axs.flat: ax.axis('off')

@@ -14,7 +14,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .core import UNKNOWN, MASK_NAMES, GENDER_NAMES, MASK_FILE_STEMS, EVAL_OLD_FROM
-from .core import encode, age2band
+from .core import encode, encode_known, age2band
 
 # %% auto #0
 __all__ = ['IMAGE_EXTS', 'LABEL_FIXES', 'TRAIN_COLUMNS', 'LABELS_COLUMNS', 'BOX_COLUMNS', 'DataError', 'raise_problems',
@@ -43,8 +43,7 @@ def photo_table(path, # photo paths (made absolute str)
     "The standard photo table; `age_band` and `label` are derived (-1 where any head is unknown)."
     mask, gender, age = np.asarray(mask, int), np.asarray(gender, int), np.asarray(age, float)
     band = np.asarray(age2band(age, old_from=EVAL_OLD_FROM), int)
-    known = (mask >= 0) & (gender >= 0) & (band >= 0)
-    label = np.where(known, encode(mask, gender, band), UNKNOWN)
+    label = encode_known(mask, gender, band)
     return pd.DataFrame(dict(path=[str(p) for p in path], person=list(person), mask=mask, gender=gender,
                              age_band=band, age=age, label=label, **extra))
 
@@ -140,8 +139,7 @@ def apply_label_fixes(photos: pd.DataFrame, # competition rows: `id`, `stem`, `m
         for key, value in fix.items():
             if key == 'gender': photos.loc[rows, 'gender'] = GENDER_NAMES.index(value)
             else: photos.loc[rows & (photos['stem'] == key), 'mask'] = MASK_NAMES.index(value)
-    known = photos.label >= 0
-    photos['label'] = np.where(known, encode(photos['mask'], photos.gender, photos.age_band), UNKNOWN)
+    photos['label'] = encode_known(photos['mask'], photos.gender, photos.age_band)
     return photos
 
 # %% ../nbs/01_data.ipynb #e1417bb6
@@ -262,8 +260,7 @@ def image_problem(path) -> str | None:
 def label_problems(df: pd.DataFrame) -> list:
     "Rows whose label columns are out of range or disagree with each other."
     m, g, b, y = (df[c].to_numpy() for c in ('mask', 'gender', 'age_band', 'label'))
-    known = (m >= 0) & (g >= 0) & (b >= 0)
-    bad = (m < -1) | (m > 2) | (g < -1) | (g > 1) | (b < -1) | (b > 2) | (y != np.where(known, encode(m, g, b), UNKNOWN))
+    bad = (m < -1) | (m > 2) | (g < -1) | (g > 1) | (b < -1) | (b > 2) | (y != encode_known(m, g, b))
     return [f'{df.path.iloc[i]}: labels out of range or inconsistent (mask {m[i]}, gender {g[i]}, '
             f'age_band {b[i]}, label {y[i]})' for i in np.flatnonzero(bad)]
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
-from .core import MASK_FILE_STEMS, age2band, outputs_dir
+from .core import MASK_FILE_STEMS, age2band, encode, outputs_dir
 from .data import LABEL_FIXES
 
 # %% auto #0
@@ -263,7 +263,7 @@ def _write_eval(root: Path, n: int, rng, noise):
         _save(im, folder / iid)
         p = people.set_index('path').loc[person]
         m, g, a = int(MASK_FILE_STEMS[stem]), int(p.gender == 'female'), int(age2band(p.age))
-        truth.append(dict(ImageID=iid, ans=6 * m + 3 * g + a, person=person, mask=m, gender=g, age=p.age))
+        truth.append(dict(ImageID=iid, ans=encode(m, g, a), person=person, mask=m, gender=g, age=p.age))
     truth = pd.DataFrame(truth, columns=['ImageID', 'ans', 'person', 'mask', 'gender', 'age'])
     truth[['ImageID']].assign(ans=0).to_csv(root / 'eval' / 'info.csv', index=False)
     truth.to_csv(root / 'eval_truth.csv', index=False)

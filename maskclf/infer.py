@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from .core import N_CLASSES, CLASS_NAMES, atomic_path, save_json, outputs_dir, get_device
 from .learn import score, oof_probs, crop_size, get_pixels, load_model, load_checkpoint, resolve_config, save_submission
+from .data import has_eval
 
 # %% auto #0
 __all__ = ['PROB_COLS', 'FOLD_FILES', 'IGNORED_PARAMS', 'probs_frame', 'tta_probs', 'read_photos', 'predict_pixels', 'predict',
@@ -55,10 +56,13 @@ def read_photos(data) -> pd.DataFrame:
 @torch.no_grad()
 def predict_pixels(model, pixels, tfms, tta: str = 'hflip', batch_size: int = 64, device=None) -> np.ndarray:
     "Probabilities `(n, 18)` for HWC uint8 crops `pixels`, transformed by `tfms`, averaged over TTA views."
+    from maskclf.model import outputs2probs
+    from maskclf.augment import tta_wrapper
     device = get_device(device); model = model.to(device).eval(); out = []
+    viewed = tta_wrapper(model, tta or 'none')  # built once, not per batch
     for i in tqdm(range(0, len(pixels), batch_size), desc='predict', leave=False):
         x = torch.stack([tfms(image=np.asarray(im))['image'] for im in pixels[i:i + batch_size]]).to(device)
-        out.append(tta_probs(model, x, tta).float().cpu().numpy())
+        with torch.no_grad(): out.append(outputs2probs(viewed(x)).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, N_CLASSES), np.float32)
 
 def predict(checkpoint, # a `best.pt` / `last.pt` written by `maskclf.learn`
@@ -70,8 +74,9 @@ def predict(checkpoint, # a `best.pt` / `last.pt` written by `maskclf.learn`
     "Eighteen-class probabilities for every photo of `data` from one checkpoint: `path` + `p0..p17`."
     from maskclf.augment import eval_tfms
     device = get_device(device)
-    cfg = resolve_config(load_checkpoint(checkpoint)['config'])
-    model = load_model(checkpoint, device)
+    ck = load_checkpoint(checkpoint)  # read once: the config and the weights
+    cfg = resolve_config(ck['config'])
+    model = load_model(ck, device)
     df = read_photos(data)
     pixels = get_pixels(df, cfg, device)  # the crops the model was trained on: same size, margin, aspect
     tfms = eval_tfms(crop_size(cfg), model.data_config['mean'], model.data_config['std'])
@@ -226,7 +231,7 @@ def ensemble_run(run, # run name under `outputs/` or its folder
     oof[PROB_COLS] = probs
     oof.to_csv(dest / 'oof.csv', index=False); np.save(dest / 'test_probs.npy', test)
     report = class_report(oof.label, probs); report.to_csv(dest / 'class_report.csv', index_label='class')
-    if (Path(data_dir) / 'eval' / 'info.csv').exists():
+    if has_eval(data_dir):
         write_submission(test, data_dir, dest / 'submission.csv')
         if pseudo_threshold > 0:
             from maskclf.post import pseudo_labels

@@ -19,6 +19,7 @@ from sklearn.metrics import f1_score, confusion_matrix
 from tqdm.auto import tqdm
 
 from .core import (HEADS, HEAD_SIZES, HEAD_NAMES, N_CLASSES, CLASS_NAMES, UNKNOWN, EVAL_OLD_FROM, encode,
+                          encode_known,
                           decode, age2band, seed_everything, outputs_dir, fresh_dir, atomic_path, save_json,
                           get_device, code_version)
 from .augment import TTA_MODES, tta_wrapper
@@ -80,8 +81,7 @@ def train_targets(df: pd.DataFrame, # the photo table
         known = df['age'].notna().to_numpy()
         age[known] = age2band(df['age'].to_numpy(float)[known], old_from=age_old_from)
     t = {'mask': df['mask'].to_numpy(int), 'gender': df['gender'].to_numpy(int), 'age': age}
-    known = (t['mask'] >= 0) & (t['gender'] >= 0) & (t['age'] >= 0)
-    t['label'] = np.where(known, encode(t['mask'], t['gender'], t['age']), UNKNOWN)
+    t['label'] = encode_known(t['mask'], t['gender'], t['age'])
     return t
 
 def keep_for_training(df: pd.DataFrame, drop_ages=()) -> np.ndarray:
@@ -202,8 +202,7 @@ def head_truth(labels) -> dict[str, np.ndarray]:
     if isinstance(labels, (pd.DataFrame, dict)):
         age = labels['age_band'] if 'age_band' in labels else labels['age']
         t = {'mask': np.asarray(labels['mask'], int), 'gender': np.asarray(labels['gender'], int), 'age': np.asarray(age, int)}
-        known = (t['mask'] >= 0) & (t['gender'] >= 0) & (t['age'] >= 0)
-        t['label'] = np.asarray(labels['label'], int) if 'label' in labels else np.where(known, encode(t['mask'], t['gender'], t['age']), -1)
+        t['label'] = np.asarray(labels['label'], int) if 'label' in labels else encode_known(t['mask'], t['gender'], t['age'])
         return t
     lab = np.asarray(labels, int)
     return {'label': lab, **{h: np.where(lab >= 0, v, UNKNOWN) for h, v in zip(HEADS, decode(lab))}}
@@ -618,7 +617,8 @@ def finish_fold(cfg, fold_dir, df, ev, val_idx, pixels, prec, main, history, n_t
     "Predict validation and eval photos with `best.pt` (+TTA), write oof/test/submission/metrics/figures/report."
     _barrier()
     rank, world, _ = dist_info()
-    model = load_model(fold_dir / 'best.pt', prec.device)
+    ck = load_checkpoint(fold_dir / 'best.pt', prec.device)  # read once: weights, config and epoch
+    model = load_model(ck, prec.device)
     if prec.channels_last: model = model.to(memory_format=torch.channels_last)
     dc, size = model.data_config, crop_size(cfg)
     from maskclf.augment import eval_tfms
@@ -633,7 +633,6 @@ def finish_fold(cfg, fold_dir, df, ev, val_idx, pixels, prec, main, history, n_t
         ev_ds = CropDataset(ev_pix, np.arange(len(ev)), none, tf)
         ev_dl = make_loader(Shard(ev_ds, rank, world) if world > 1 else ev_ds, cfg['batch_size'] * 2, False, num_workers=0)
         test_probs, _ = gather_shards(predict_probs(model, ev_dl, prec, cfg['tta'])[0], None, len(ev) if world > 1 else None)
-    ck = load_checkpoint(fold_dir / 'best.pt')
     metrics = {**{k: v for k, v in va.items() if k not in ('probs', 'val_loss', 'val_seconds')},
                'best_epoch': ck['epoch'], 'epochs_run': int(len(history)), 'n_train_rows': int(n_train),
                'n_val': int(len(val_idx)), 'n_eval': int(len(ev)) if ev is not None else 0, 'tta': cfg['tta'],
