@@ -18,7 +18,7 @@ from .core import encode, encode_known, age2band
 
 # %% auto #0
 __all__ = ['IMAGE_EXTS', 'LABEL_FIXES', 'TRAIN_COLUMNS', 'LABELS_COLUMNS', 'BOX_COLUMNS', 'MIN_SIDE', 'SIXTEEN_BIT',
-           'IMAGE_MODES', 'LABEL_COLUMNS', 'CHECK_VERSION', 'MEMO_LIMIT', 'DataError', 'raise_problems', 'photo_table',
+           'IMAGE_MODES', 'CODE_COLUMNS', 'CHECK_VERSION', 'MEMO_LIMIT', 'DataError', 'raise_problems', 'photo_table',
            'read_csv_text', 'parse_names', 'parse_ages', 'is_hidden', 'person_photos', 'apply_label_fixes',
            'check_train_csv', 'read_competition', 'has_eval', 'read_eval', 'parse_boxes', 'read_labels_csv',
            'read_dataset', 'to_rgb', 'image_problem', 'label_problems', 'person_problems', 'table_problems',
@@ -282,11 +282,11 @@ def image_problem(path) -> str | None:
     except Exception as e: return f'cannot decode image ({type(e).__name__}: {e})'.replace('\n', ' ')
 
 # %% ../nbs/01_data.ipynb #b26f6512
-LABEL_COLUMNS = ('mask', 'gender', 'age_band', 'label')  # a table without these (a list of paths) has no labels to check
+CODE_COLUMNS = ('mask', 'gender', 'age_band', 'label')  # a table without these (a list of paths) has no labels to check
 
 def label_problems(df: pd.DataFrame) -> list:
     "Rows whose label columns are out of range or disagree with each other."
-    m, g, b, y = (df[c].to_numpy() for c in LABEL_COLUMNS)
+    m, g, b, y = (df[c].to_numpy() for c in CODE_COLUMNS)
     bad = (m < -1) | (m > 2) | (g < -1) | (g > 1) | (b < -1) | (b > 2) | (y != encode_known(m, g, b))
     return [f'{df.path.iloc[i]}: labels out of range or inconsistent (mask {m[i]}, gender {g[i]}, '
             f'age_band {b[i]}, label {y[i]})' for i in np.flatnonzero(bad)]
@@ -304,14 +304,14 @@ def person_problems(df: pd.DataFrame) -> list:
     "People whose photos disagree on gender or on age band (unknown values never disagree)."
     if 'person' not in df: return []
     df = df[df.person.notna()].reset_index(drop=True)
-    src = df.source.fillna('').astype(str) if 'source' in df else pd.Series('', index=df.index)
+    src, who = (df.source.fillna('').astype(str) if 'source' in df else pd.Series('', index=df.index)), df.person.astype(str)
     problems = []
-    for (s, p), rows in df.groupby([src, df.person.astype(str)], sort=False):
-        for col, names in (('gender', GENDER_NAMES), ('age_band', AGE_NAMES)):
-            known = rows[rows[col] >= 0]
-            if known[col].nunique() > 1:
-                problems.append(f"person {p!r}{f' in {s}' if s else ''}: photos disagree on {col.replace('_', ' ')}: "
-                                + _disagreement(known, col, names))
+    for col, names in (('gender', GENDER_NAMES), ('age_band', AGE_NAMES)):
+        n = df[col].where(df[col] >= 0).groupby([src, who], sort=False).nunique()  # NaN (unknown) is not counted
+        for s, p in n.index[n > 1]:
+            rows = df[(src == s) & (who == p) & (df[col] >= 0)]
+            problems.append(f"person {p!r}{f' in {s}' if s else ''}: photos disagree on {col.replace('_', ' ')}: "
+                            + _disagreement(rows, col, names))
     return problems
 
 def table_problems(df: pd.DataFrame, name: str = 'the photo table') -> list:
@@ -336,8 +336,16 @@ def _stamp(path) -> list | None:
     except OSError: return None
 
 def _read_memo(path: Path) -> dict:
+    "Remembered passes {path: [size, mtime_ns]}; empty when absent or damaged (everything is checked again)."
     try: return json.loads(path.read_text())
-    except (OSError, ValueError): return {}  # absent or damaged: check everything again
+    except (OSError, ValueError): return {}
+
+def _write_memo(memo: dict, passed: dict):
+    "Add `passed` to `memo` and write it, newest last; a read-only outputs folder only costs the next run a re-check."
+    memo = {**{p: s for p, s in memo.items() if p not in passed}, **passed}
+    try:
+        with atomic_path(memo_path()) as tmp: Path(tmp).write_text(json.dumps(dict(list(memo.items())[-MEMO_LIMIT:])))
+    except OSError: pass
 
 # %% ../nbs/01_data.ipynb #d0b4afa9
 def image_problems(paths, # photo files
@@ -354,11 +362,7 @@ def image_problems(paths, # photo files
     with ThreadPoolExecutor(n) as pool:
         found = dict(zip(todo, tqdm(pool.map(image_problem, todo), total=len(todo), desc='check photos', disable=not progress)))
     passed = {p: stamps[p] for p in todo if found[p] is None and stamps[p] is not None}
-    if remember and passed:
-        memo = {**{p: s for p, s in memo.items() if p not in passed}, **passed}
-        try:
-            with atomic_path(memo_path()) as tmp: Path(tmp).write_text(json.dumps(dict(list(memo.items())[-MEMO_LIMIT:])))
-        except OSError: pass  # a read-only outputs folder only costs the next run a re-check
+    if remember and passed: _write_memo(memo, passed)
     return [found.get(p) for p in paths]
 
 # %% ../nbs/01_data.ipynb #238300ac
@@ -372,7 +376,7 @@ def validate(*tables, # photo tables (None is skipped), e.g. the training and th
     problems = []
     for k, t in enumerate(tables):
         problems += table_problems(t, 'the photo table' if len(tables) == 1 else f'photo table {k + 1} of {len(tables)}')
-        if set(LABEL_COLUMNS) <= set(t.columns): problems += label_problems(t) + person_problems(t)
+        if set(CODE_COLUMNS) <= set(t.columns): problems += label_problems(t) + person_problems(t)
     paths = list(dict.fromkeys(p for t in tables for p in t.path))  # a photo in two tables is checked once
     problems += [f'{p}: {e}' for p, e in zip(paths, image_problems(paths, n_workers, progress, remember)) if e]
     raise_problems(problems, f'{len(paths)} photos')
