@@ -141,3 +141,18 @@ def test_run_fold_stops_before_cropping(tmp_path, outputs):
 def test_real_photos_pass():
     tables = [read_labels_csv(real_data(n)) for n in ('masks', 'faces', 'selfies')]
     validate(*tables, progress=False, remember=False)
+
+
+def test_predict_stops_before_cropping(tmp_path, outputs):
+    "`predict` names every unusable photo at once, before the crop cache is made."
+    from maskclf.learn import build_model, resolve_config, save_checkpoint
+    from maskclf.infer import predict
+    cfg = resolve_config(img_size=32, pretrained=False, amp=False)
+    ck = save_checkpoint(tmp_path / 'best.pt', build_model(cfg), config=cfg)
+    files = [photo(tmp_path / 'ok.jpg'), photo(tmp_path / 'tiny.png', (20, 300)), tmp_path / 'gone.jpg']
+    (tmp_path / 'cut.jpg').write_bytes(files[0].read_bytes()[:-50]); files.append(tmp_path / 'cut.jpg')
+    with pytest.raises(DataError) as e: predict(ck, files, device='cpu')
+    msg = str(e.value)
+    assert msg.startswith('3 problem(s) in 4 photos'), msg
+    for s in ['tiny.png: 20x300 pixels', 'gone.jpg: file missing', 'cut.jpg: cannot decode image']: assert s in msg, msg
+    assert not list(outputs.glob('cache/crops-*'))
