@@ -323,7 +323,7 @@ def table_problems(df: pd.DataFrame, name: str = 'the photo table') -> list:
 
 # %% ../nbs/01_data.ipynb #728248fc
 CHECK_VERSION = 1  # bump when `image_problem` changes what passes
-MEMO_LIMIT = 500_000  # files remembered at most (the newest kept): a few MB of JSON
+MEMO_LIMIT = 200_000  # files remembered at most (the newest kept): six competition sets, about 25 MB of JSON (126 bytes a file)
 
 def memo_path() -> Path:
     "Where photos that passed `image_problem` are remembered, for the current rules."
