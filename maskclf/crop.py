@@ -23,16 +23,17 @@ __all__ = ['DETECTOR', 'DEFAULT_PRIOR', 'BOX', 'CROP_VERSION', 'load_image', 'im
            'show_boxes', 'person_spread']
 
 # %% ../nbs/03_crop.ipynb #c849ea78
+from .data import to_rgb
 _TURNED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 
 def load_image(path, size=None) -> Image.Image:
-    "Decode a photo as an upright RGB PIL image (resized to `size` (w,h) if given); errors name the file."
+    "Decode a photo as an upright 8-bit RGB PIL image (resized to `size` (w,h) if given); errors name the file."
     try:
         with Image.open(path) as im:
             if size is not None:  # let the JPEG decoder skip detail we would throw away
                 turned = im.getexif().get(0x0112) in _TURNED
                 im.draft('RGB', (size[1], size[0]) if turned else tuple(size))
-            im = ImageOps.exif_transpose(im).convert('RGB')
+            im = to_rgb(ImageOps.exif_transpose(im))  # 16-bit grey scaled, not clipped to white; odd modes refused
             return im if size is None or im.size == tuple(size) else im.resize(tuple(size), Image.BILINEAR)
     except Exception as e: raise ValueError(f'{path}: cannot read the image ({e})') from e
 

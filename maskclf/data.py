@@ -17,10 +17,12 @@ from .core import UNKNOWN, MASK_NAMES, GENDER_NAMES, MASK_FILE_STEMS, EVAL_OLD_F
 from .core import encode, encode_known, age2band
 
 # %% auto #0
-__all__ = ['IMAGE_EXTS', 'LABEL_FIXES', 'TRAIN_COLUMNS', 'LABELS_COLUMNS', 'BOX_COLUMNS', 'DataError', 'raise_problems',
-           'photo_table', 'read_csv_text', 'parse_names', 'parse_ages', 'is_hidden', 'person_photos',
-           'apply_label_fixes', 'check_train_csv', 'read_competition', 'has_eval', 'read_eval', 'parse_boxes',
-           'read_labels_csv', 'read_dataset', 'image_problem', 'label_problems', 'validate', 'make_folds']
+__all__ = ['IMAGE_EXTS', 'LABEL_FIXES', 'TRAIN_COLUMNS', 'LABELS_COLUMNS', 'BOX_COLUMNS', 'MIN_SIDE', 'SIXTEEN_BIT',
+           'IMAGE_MODES', 'CODE_COLUMNS', 'CHECK_VERSION', 'MEMO_LIMIT', 'DataError', 'raise_problems', 'photo_table',
+           'read_csv_text', 'parse_names', 'parse_ages', 'is_hidden', 'person_photos', 'apply_label_fixes',
+           'check_train_csv', 'read_competition', 'has_eval', 'read_eval', 'parse_boxes', 'read_labels_csv',
+           'read_dataset', 'to_rgb', 'image_problem', 'label_problems', 'person_problems', 'table_problems',
+           'memo_path', 'image_problems', 'validate', 'make_folds']
 
 # %% ../nbs/01_data.ipynb #119ae25a
 class DataError(ValueError):
@@ -225,6 +227,7 @@ def read_labels_csv(csv_path # a labels CSV: path,person,mask,gender,age[,x1,y1,
     age, bad = parse_ages(df.age, csv); problems += bad
     boxes, bad = parse_boxes(df, csv); problems += bad
     paths = [(csv.parent / p).resolve() if p else None for p in df.path]
+    problems += [f'{csv}: lists no photos (a header without rows)'] if df.empty else []
     problems += [f'{csv} line {i + 2}: empty path' for i, p in enumerate(paths) if p is None]
     problems += [f'{p}: listed in {csv.name} but absent' for p in paths if p is not None and not p.is_file()]
     problems += [f'{csv}: path {p!r} listed more than once' for p in df.path[df.path.duplicated()].unique()]
@@ -247,34 +250,136 @@ def read_dataset(source # competition folder, labels CSV (or a folder with `labe
     if p.is_dir(): return read_competition(p)  # reports the missing train.csv
     raise DataError(f'{p}: not found, or neither a competition folder nor a labels CSV')
 
+# %% ../nbs/01_data.ipynb #ee456c47
+import hashlib, json
+from .core import outputs_dir, atomic_path, AGE_NAMES
+
+MIN_SIDE = 32  # smallest accepted photo side (px): the face fills 0.3-0.65 of it in the competition's framing,
+# so a 32 px photo holds a face of about 10-20 px, near MTCNN's 12 px window (below 12 px the detector cannot run
+# at all); a smaller photo holds too little to classify once blown up to a training crop
+SIXTEEN_BIT = ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I')  # 16-bit grey (how PIL opens a 16-bit grey PNG)
+IMAGE_MODES = ('1', 'L', 'LA', 'P', 'PA', 'RGB', 'RGBA', 'RGBX', 'CMYK', 'YCbCr') + SIXTEEN_BIT  # modes we turn into RGB
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    "`im` as 8-bit RGB; 16-bit grey keeps its top 8 bits (PIL's own conversion clips it to white)."
+    if im.mode not in IMAGE_MODES: raise ValueError(f'pixel mode {im.mode} is not supported (supported: {", ".join(IMAGE_MODES)})')
+    if im.mode not in SIXTEEN_BIT: return im.convert('RGB')
+    grey = np.right_shift(np.clip(np.asarray(im).astype(np.int64), 0, 65535), 8).astype(np.uint8)
+    return Image.fromarray(grey).convert('RGB')
+
 # %% ../nbs/01_data.ipynb #26a694c6
 def image_problem(path) -> str | None:
-    "Why the image at `path` cannot be used, or None when it decodes."
+    "Why the photo at `path` cannot be used (unreadable, unsupported mode, too small, truncated), or None."
     try:
         with Image.open(path) as im:
+            w, h = im.size  # the header alone gives size and mode
+            if im.mode not in IMAGE_MODES:
+                return f'pixel mode {im.mode} is not supported; convert the photo to 8-bit RGB'
+            if min(w, h) < MIN_SIDE: return f'{w}x{h} pixels: smaller than the minimum of {MIN_SIDE} px on the shorter side'
+            if im.format == 'JPEG': im.draft(im.mode, (1, 1))  # 1/8 scale: every byte is still decoded
             im.load()
-            if min(im.size) < 1: return 'image is empty'
     except FileNotFoundError: return 'file missing'
-    except Exception as e: return f'cannot decode image ({type(e).__name__}: {e})'
+    except Exception as e: return f'cannot decode image ({type(e).__name__}: {e})'.replace('\n', ' ')
+
+# %% ../nbs/01_data.ipynb #b26f6512
+CODE_COLUMNS = ('mask', 'gender', 'age_band', 'label')  # a table without these (a list of paths) has no labels to check
 
 def label_problems(df: pd.DataFrame) -> list:
     "Rows whose label columns are out of range or disagree with each other."
-    m, g, b, y = (df[c].to_numpy() for c in ('mask', 'gender', 'age_band', 'label'))
+    m, g, b, y = (df[c].to_numpy() for c in CODE_COLUMNS)
     bad = (m < -1) | (m > 2) | (g < -1) | (g > 1) | (b < -1) | (b > 2) | (y != encode_known(m, g, b))
     return [f'{df.path.iloc[i]}: labels out of range or inconsistent (mask {m[i]}, gender {g[i]}, '
             f'age_band {b[i]}, label {y[i]})' for i in np.flatnonzero(bad)]
 
+def _disagreement(rows: pd.DataFrame, col: str, names: tuple) -> str:
+    "How one person's known `col` values differ, e.g. 'male (1 photo: a.jpg), female (6 photos: b.jpg, ...)'."
+    parts = []
+    for v, r in rows.groupby(col):
+        ages = '/'.join(f'{a:g}' for a in sorted(r.age.dropna().unique())) if col == 'age_band' and 'age' in r else ''
+        parts.append(f'{names[v]} ({len(r)} photo{"s" * (len(r) > 1)}{f", age {ages}" if ages else ""}: '
+                     f'{Path(r.path.iloc[0]).name}{", ..." * (len(r) > 1)})')
+    return ', '.join(parts)
+
+def person_problems(df: pd.DataFrame) -> list:
+    "People whose photos disagree on gender or on age band (unknown values never disagree)."
+    if 'person' not in df: return []
+    df = df[df.person.notna()].reset_index(drop=True)
+    src, who = (df.source.fillna('').astype(str) if 'source' in df else pd.Series('', index=df.index)), df.person.astype(str)
+    problems = []
+    for col, names in (('gender', GENDER_NAMES), ('age_band', AGE_NAMES)):
+        n = df[col].where(df[col] >= 0).groupby([src, who], sort=False).nunique()  # NaN (unknown) is not counted
+        for s, p in n.index[n > 1]:
+            rows = df[(src == s) & (who == p) & (df[col] >= 0)]
+            problems.append(f"person {p!r}{f' in {s}' if s else ''}: photos disagree on {col.replace('_', ' ')}: "
+                            + _disagreement(rows, col, names))
+    return problems
+
+def table_problems(df: pd.DataFrame, name: str = 'the photo table') -> list:
+    "An empty table, and photos listed more than once (naming their sources where the table has them)."
+    if df.empty: return [f'{name} has no photos']
+    dup = df[df.path.duplicated(keep=False)]
+    where = lambda r: f" (in {', '.join(sorted(set(r.source.dropna().astype(str))))})" if 'source' in r else ''
+    return [f'{p}: listed {len(r)} times{where(r)}' for p, r in dup.groupby('path', sort=False)]
+
+# %% ../nbs/01_data.ipynb #728248fc
+CHECK_VERSION = 1  # bump when `image_problem` changes what passes
+MEMO_LIMIT = 200_000  # files remembered at most (the newest kept): six competition sets, about 25 MB of JSON (126 bytes a file)
+
+def memo_path() -> Path:
+    "Where photos that passed `image_problem` are remembered, for the current rules."
+    rules = hashlib.sha1(json.dumps([MIN_SIDE, IMAGE_MODES, CHECK_VERSION]).encode()).hexdigest()[:12]
+    return outputs_dir() / 'cache' / f'validated-{rules}.json'
+
+def _stamp(path) -> list | None:
+    "[size, mtime_ns] of a file, or None when it cannot be stat'ed."
+    try: s = os.stat(path); return [s.st_size, s.st_mtime_ns]
+    except OSError: return None
+
+def _read_memo(path: Path) -> dict:
+    "Remembered passes {path: [size, mtime_ns]}; empty when absent or damaged (everything is checked again)."
+    try: return json.loads(path.read_text())
+    except (OSError, ValueError): return {}
+
+def _write_memo(memo: dict, passed: dict):
+    "Add `passed` to `memo` and write it, newest last; a read-only outputs folder only costs the next run a re-check."
+    memo = {**{p: s for p, s in memo.items() if p not in passed}, **passed}
+    try:
+        with atomic_path(memo_path()) as tmp: Path(tmp).write_text(json.dumps(dict(list(memo.items())[-MEMO_LIMIT:])))
+    except OSError: pass
+
+# %% ../nbs/01_data.ipynb #d0b4afa9
+def image_problems(paths, # photo files
+                   n_workers: int = 0, # checking threads (0: two per CPU core, at most 16)
+                   progress: bool = True, # show a progress bar?
+                   remember: bool = True, # skip files that passed before, unchanged, and remember new passes
+                  ) -> list:
+    "`image_problem` of each path (None where it is fine), on threads; remembered files are not opened."
+    paths = [str(p) for p in paths]
+    memo = _read_memo(memo_path()) if remember else {}
+    stamps = {p: _stamp(p) for p in paths}
+    todo = [p for p in stamps if stamps[p] is None or memo.get(p) != stamps[p]]
+    n = n_workers or min(16, 2 * (os.cpu_count() or 1))
+    with ThreadPoolExecutor(n) as pool:
+        found = dict(zip(todo, tqdm(pool.map(image_problem, todo), total=len(todo), desc='check photos', disable=not progress)))
+    passed = {p: stamps[p] for p in todo if found[p] is None and stamps[p] is not None}
+    if remember and passed: _write_memo(memo, passed)
+    return [found.get(p) for p in paths]
+
 # %% ../nbs/01_data.ipynb #238300ac
-def validate(df: pd.DataFrame, # a photo table
-             n_workers: int = 4, # decoding threads
-             progress: bool = True # show a progress bar?
+def validate(*tables, # photo tables (None is skipped), e.g. the training and the eval table
+             n_workers: int = 0, # checking threads (0: two per CPU core, at most 16)
+             progress: bool = True, # show a progress bar?
+             remember: bool = True, # skip photos that passed before, unchanged (`image_problems`)
             ) -> None:
-    "Decode every photo of `df` and check its labels; raise one `DataError` listing all problems."
-    paths = df.path.tolist()
-    with ThreadPoolExecutor(n_workers) as pool:
-        found = list(tqdm(pool.map(image_problem, paths), total=len(paths), desc='validate', disable=not progress))
-    problems = [f'{p}: {e}' for p, e in zip(paths, found) if e] + label_problems(df)
-    raise_problems(problems, f'{len(df)} photos')
+    "Check photo tables before any work (tables, labels, people, files); raise one `DataError` listing every problem."
+    tables = [t for t in tables if t is not None]
+    problems = []
+    for k, t in enumerate(tables):
+        problems += table_problems(t, 'the photo table' if len(tables) == 1 else f'photo table {k + 1} of {len(tables)}')
+        if set(CODE_COLUMNS) <= set(t.columns): problems += label_problems(t) + person_problems(t)
+    paths = list(dict.fromkeys(p for t in tables for p in t.path))  # a photo in two tables is checked once
+    problems += [f'{p}: {e}' for p, e in zip(paths, image_problems(paths, n_workers, progress, remember)) if e]
+    raise_problems(problems, f'{len(paths)} photos')
 
 # %% ../nbs/01_data.ipynb #c6fc9c3a
 def make_folds(df: pd.DataFrame, # a photo table

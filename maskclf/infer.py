@@ -78,6 +78,7 @@ def predict(checkpoint, # a `best.pt` / `last.pt` written by `maskclf.learn`
     cfg = resolve_config(ck['config'])
     model = load_model(ck, device)
     df = read_photos(data)
+    from maskclf.data import validate; validate(df)  # every unusable photo named at once, before any cropping
     pixels = get_pixels(df, cfg, device)  # the crops the model was trained on: same size, margin, aspect
     tfms = eval_tfms(crop_size(cfg), model.data_config['mean'], model.data_config['std'])
     return probs_frame(df.path, predict_pixels(model, pixels, tfms, tta, batch_size, device))

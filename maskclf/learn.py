@@ -543,6 +543,7 @@ def run_fold(cfg: dict) -> dict:
     if main and not cfg['resume']: save_json(cfg, fold_dir / 'config.json')
     # data: the table, its folds, training targets, and the crops (rank 0 fills the cache first)
     df, ev = load_tables(cfg)
+    from maskclf.data import validate as check_data; check_data(df, ev, progress=main)  # every data problem at once, before crops or a model
     pixels = get_pixels(df, cfg, device)
     val_idx = np.where(df.fold.to_numpy() == cfg['fold'])[0]
     train_idx = np.where((df.fold.to_numpy() != cfg['fold']) & keep_for_training(df, cfg['drop_boundary_ages']))[0]
