@@ -45,4 +45,4 @@ def test_cache_on_real_photos(tmp_path):
     c = crop_cache(masks, size=(64, 48), cache_dir=tmp_path, progress=False)
     assert c.shape == (6, 64, 48, 3) and c.dtype == np.uint8 and not c.flags.writeable
     assert (crop_cache(masks, size=(64, 48), cache_dir=tmp_path, progress=False) == c).all()
-    assert len(list(tmp_path.glob('crops-*.npy'))) == 1 and not list(tmp_path.glob('.*'))
+    assert len(list(tmp_path.glob('crops-*/crops.npy'))) == 1 and not list(tmp_path.glob('.*'))
