@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_crop.ipynb #42d6c38b
 from __future__ import annotations
-import hashlib, json, os
+import hashlib, json, os, shutil, time, warnings, zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, asdict, replace
 from pathlib import Path
@@ -17,10 +17,11 @@ from tqdm.auto import tqdm
 from .core import outputs_dir, atomic_path, get_device, real_data, MASK_NAMES
 
 # %% auto #0
-__all__ = ['DETECTOR', 'DEFAULT_PRIOR', 'BOX', 'CROP_VERSION', 'load_image', 'image_size', 'DetectorConfig', 'detector_passes',
-           'config_key', 'box_side', 'choose_face', 'plausible', 'detect_faces', 'file_stamp', 'boxes_path',
-           'write_boxes', 'complete_boxes', 'crop_window', 'cache_key', 'crop_cache', 'cache_boxes', 'box_hits',
-           'show_boxes', 'person_spread']
+__all__ = ['DETECTOR', 'BOXES_COLUMNS', 'DEFAULT_PRIOR', 'BOX', 'FOUND', 'OVERRIDE', 'CROP_VERSION', 'CACHE_SAMPLE', 'load_image',
+           'image_size', 'DetectorConfig', 'detector_passes', 'config_key', 'box_side', 'choose_face', 'plausible',
+           'detect_faces', 'file_stamp', 'boxes_path', 'move_aside', 'read_boxes_file', 'write_boxes', 'complete_boxes',
+           'apply_box_overrides', 'with_box_overrides', 'given_boxes', 'face_boxes', 'crop_window', 'cache_key',
+           'cache_record', 'cache_problem', 'crop_cache', 'cache_boxes', 'box_hits', 'show_boxes', 'person_spread']
 
 # %% ../nbs/03_crop.ipynb #c849ea78
 from .data import to_rgb
@@ -275,6 +276,33 @@ def boxes_path(cfg: DetectorConfig = DETECTOR, cache_dir=None) -> Path:
     return Path(cache_dir or outputs_dir() / 'cache') / f'boxes-{config_key(asdict(cfg))}.csv'
 
 # %% ../nbs/03_crop.ipynb #702a645d
+BOXES_COLUMNS = ['path', 'x1', 'y1', 'x2', 'y2', 'score', 'source', 'width', 'height', 'passes', 'stamp']
+
+def _row_checks(text: pd.DataFrame) -> list:
+    "CRC-32 of each row's cells, as text: the boxes file's `check` column."
+    return [f'{zlib.crc32(chr(31).join(r).encode()):08x}' for r in text[BOXES_COLUMNS].itertuples(index=False)]
+
+def move_aside(path, why: str) -> Path | None:
+    "Move a damaged cache file or folder to `damaged/` beside it, with a warning naming it and `why`."
+    path = Path(path); dest = path.parent / 'damaged' / f'{path.name}.{time.strftime("%Y%m%d-%H%M%S")}-{time.time_ns() % 10**9}'
+    dest.parent.mkdir(exist_ok=True)
+    try: path.rename(dest)
+    except FileNotFoundError: return None  # another process moved it first
+    warnings.warn(f'{path}: {why}; moved to {dest} and rebuilt', stacklevel=3)
+    return dest
+
+def read_boxes_file(path) -> pd.DataFrame:
+    "The rows of a boxes file whose `check` matches, as text; a damaged file is moved aside (warning) and its good rows kept."
+    path, empty = Path(path), pd.DataFrame(columns=BOXES_COLUMNS)
+    if not path.exists(): return empty
+    try: text = pd.read_csv(path, dtype=str, keep_default_na=False, encoding_errors='replace').fillna('')
+    except Exception as e: move_aside(path, f'unreadable boxes file ({type(e).__name__}: {e})'); return empty
+    if list(text.columns) != BOXES_COLUMNS + ['check']:
+        move_aside(path, f'boxes file without the expected columns (and row checks) {",".join(BOXES_COLUMNS)},check'); return empty
+    ok = text.check.to_numpy() == np.array(_row_checks(text), dtype=object)
+    if not ok.all(): move_aside(path, f'damaged boxes file: {(~ok).sum()} of {len(ok)} rows fail their check')
+    return text[ok].drop(columns='check').reset_index(drop=True)
+
 def write_boxes(paths, # photo files (a photo table's `path` column)
                 dest=None, # CSV to write (default: `boxes_path(cfg)`)
                 device=None, # torch device for MTCNN
@@ -285,31 +313,33 @@ def write_boxes(paths, # photo files (a photo table's `path` column)
                ) -> pd.DataFrame:
     "Detect every photo not yet in `dest` (resumable), save after each chunk; return the rows of `paths`."
     dest = Path(dest or boxes_path(cfg)); paths = [str(p) for p in paths]
-    stamps = [file_stamp(p) for p in paths]
-    done = pd.read_csv(dest, dtype={'stamp': str}) if dest.exists() else pd.DataFrame(columns=['path', 'stamp'])
-    known = set(zip(done.path, done.stamp))
-    todo = list(dict.fromkeys(p for p, s in zip(paths, stamps) if (p, s) not in known))
+    done = read_boxes_file(dest); known = set(zip(done.path, done.stamp))
+    todo = list(dict.fromkeys(p for p in paths if (p, file_stamp(p)) not in known))
+    if not dest.exists() and len(done): todo = todo or [None]  # rewrite the rows kept from a damaged file
     for k in tqdm(range(0, len(todo), chunk), desc='boxes', disable=not progress or len(todo) <= chunk):
-        new = detect_faces(todo[k:k + chunk], device, batch_size, cfg, progress=progress and len(todo) <= chunk)
-        new['stamp'] = [file_stamp(p) for p in new.path]
-        done = pd.concat([done[~done.path.isin(new.path)], new], ignore_index=True)
-        with atomic_path(dest) as tmp: done.to_csv(tmp, index=False)
+        part = [p for p in todo[k:k + chunk] if p is not None]
+        new = detect_faces(part, device, batch_size, cfg, progress=progress and len(todo) <= chunk) if part else pd.DataFrame(columns=BOXES_COLUMNS[:-1])
+        new = new.assign(stamp=[file_stamp(p) for p in new.path]).map(str)  # as text ('nan', repr floats: read back exactly)
+        done = pd.concat([done[~done.path.isin(new.path)], new[BOXES_COLUMNS]], ignore_index=True)
+        with atomic_path(dest) as tmp: done.assign(check=_row_checks(done)).to_csv(tmp, index=False)
     out = done.drop_duplicates('path', keep='last').set_index('path').loc[paths].reset_index()
-    return out.drop(columns='stamp')
+    num = ['x1', 'y1', 'x2', 'y2', 'score', 'width', 'height', 'passes']
+    return out.drop(columns='stamp').astype({c: float for c in num}).astype({'width': int, 'height': int, 'passes': int})
 
 # %% ../nbs/03_crop.ipynb #74e55698
 DEFAULT_PRIOR = (0.30, 0.22, 0.70, 0.60)  # face box relative to the image (x1,y1,x2,y2) for a centred 384x512 portrait
 BOX = ['x1', 'y1', 'x2', 'y2']
+FOUND = ('detector', 'given')  # sources whose boxes teach the fallbacks
 
-def complete_boxes(boxes: pd.DataFrame, # `detect_faces`/`write_boxes` rows, aligned with `person`
+def complete_boxes(boxes: pd.DataFrame, # `detect_faces`/`write_boxes`/`given_boxes` rows, aligned with `person`
                    person=None, # person key per row (NaN/None where unknown)
-                   min_prior: int = 20, # detections needed to learn the prior from the data
+                   min_prior: int = 20, # detected or given boxes needed to learn the prior from the data
                   ) -> pd.DataFrame:
-    "Fill every row without a detection from the person's other photos, else from a prior; `source` says which."
+    "Fill every row without a detected or given box from the person's other photos, else from a prior; `source` says which."
     df = boxes.reset_index(drop=True).copy()
     scale = df[['width', 'height', 'width', 'height']].to_numpy(float)
     rel = pd.DataFrame(df[BOX].to_numpy(float) / scale, columns=BOX)
-    found = df.source.eq('detector').to_numpy()
+    found = df.source.isin(FOUND).to_numpy()
     if found.sum() >= min_prior: prior = rel[found].median().to_numpy()
     else: prior = np.array(DEFAULT_PRIOR)
     rel['person'] = pd.Series(person, dtype=object).reset_index(drop=True) if person is not None else None
@@ -323,6 +353,55 @@ def complete_boxes(boxes: pd.DataFrame, # `detect_faces`/`write_boxes` rows, ali
     df[BOX] = rel[BOX].to_numpy(float) * scale
     df['source'] = src
     return df
+
+# %% ../nbs/03_crop.ipynb #92819e4c
+from .data import box_problems, raise_problems
+
+OVERRIDE = ['ox1', 'oy1', 'ox2', 'oy2']  # photo-table columns holding override boxes (`apply_box_overrides`)
+
+def apply_box_overrides(df: pd.DataFrame, # a photo table
+                        overrides: pd.DataFrame, # `maskclf.data.read_box_overrides` rows: path,x1,y1,x2,y2
+                       ) -> pd.DataFrame:
+    "A copy of `df` with the override box of each of its photos in the `OVERRIDE` columns (NaN for the others)."
+    o = overrides.set_index('path')[BOX].reindex(df.path.astype(str).to_numpy())
+    return df.assign(**{oc: o[c].to_numpy(float) for oc, c in zip(OVERRIDE, BOX)})
+
+def with_box_overrides(csv, *tables) -> tuple:
+    "`tables` with the boxes of override file `csv` applied (`''`: unchanged), checked against all of them at once."
+    if not csv: return tables
+    from maskclf.data import read_box_overrides
+    ov = read_box_overrides(csv, [p for t in tables if t is not None for p in t.path], image_size)
+    return tuple(None if t is None else apply_box_overrides(t, ov) for t in tables)
+
+# %% ../nbs/03_crop.ipynb #d84a3f8f
+def given_boxes(df: pd.DataFrame, # a photo table
+                columns=BOX, # its box columns to read: `BOX` (a labels CSV's) or `OVERRIDE`
+                source: str = 'given', # the `source` of these boxes
+               ) -> pd.DataFrame:
+    "Box rows like `detect_faces`'s, indexed by row position, for the photos with a box in `columns`; bad boxes raise one `DataError`."
+    b = df[list(columns)].to_numpy(float) if set(columns) <= set(df.columns) else np.zeros((0, 4))
+    idx = np.flatnonzero(np.isfinite(b).any(1)); b = b[idx]; paths = df.path.astype(str).to_numpy()[idx]
+    sizes = np.array([image_size(p) for p in paths], int).reshape(-1, 2)
+    raise_problems([f'{p}: {source} face box: {why} ({", ".join(f"{v:g}" for v in r)})'
+                    for p, r, why in zip(paths, b, box_problems(b, sizes)) if why], f'the {source} face boxes ({",".join(columns)})')
+    return pd.DataFrame(dict(path=paths, **dict(zip(BOX, b.T)), score=np.nan, source=source, width=sizes[:, 0],
+                             height=sizes[:, 1], passes=0), index=idx)
+
+def face_boxes(df: pd.DataFrame, # photo table: `path`; `person` steers the fallbacks; given and `OVERRIDE` boxes are used
+               device=None, # torch device for the detector
+               batch_size: int = 16, # photos per detector call
+               cfg: DetectorConfig = DETECTOR, # detector settings
+               cache_dir=None, # folder of the boxes file (default: outputs_dir()/'cache')
+               progress: bool = True, # show progress bars
+              ) -> pd.DataFrame:
+    "One box per row of `df`: override, else given, else detected, else the person's or the prior box; `source` says which."
+    given, over = given_boxes(df), given_boxes(df, OVERRIDE, 'override')
+    todo = np.setdiff1d(np.arange(len(df)), given.index)  # overridden photos too: what they would have had steers the fallbacks
+    rows = [given] + ([write_boxes(df.path.iloc[todo], boxes_path(cfg, cache_dir), device, batch_size, cfg=cfg,
+                                   progress=progress).set_index(todo)] if len(todo) else [])
+    out = complete_boxes(pd.concat(rows).sort_index(), df['person'].to_numpy(object) if 'person' in df else None)
+    out.loc[over.index, list(over.columns)] = over  # last, so that no other photo's box moves
+    return out
 
 # %% ../nbs/03_crop.ipynb #b9382bcb
 def crop_window(box, # face box x1,y1,x2,y2
@@ -342,23 +421,57 @@ def crop_window(box, # face box x1,y1,x2,y2
 
 # %% ../nbs/03_crop.ipynb #6722d7e7
 CROP_VERSION = 1  # bump when the cropping code changes the pixels
+CACHE_SAMPLE = 64  # rows of a crop cache hashed for its completion record (spread evenly)
 
 def _crop_one(path, window, size) -> np.ndarray:
     "Decode a photo and resize its crop window to size (h, w) in one step."
     h, w = size
     return np.asarray(load_image(path).resize((w, h), Image.BILINEAR, box=tuple(window)))
 
-def cache_key(df: pd.DataFrame, size, margin, aspect, cfg: DetectorConfig = DETECTOR) -> str:
-    "Hash of everything that changes the crops of a photo table."
+def _boxes_of(df: pd.DataFrame, columns) -> list | None:
+    "A table's boxes in `columns` as lists (None per empty row), or None when it has none: its part of the cache key."
+    if not set(columns) <= set(df.columns): return None
+    b = df[list(columns)].to_numpy(float)
+    return [r.tolist() if np.isfinite(r).any() else None for r in b.round(3)] if np.isfinite(b).any() else None
+
+def cache_key(df: pd.DataFrame, size, margin, cfg: DetectorConfig = DETECTOR) -> str:
+    "Hash of everything that changes the crops of a photo table (size is (height, width); its aspect is the crop's)."
     person = df['person'].astype(object).where(df['person'].notna(), None).tolist() if 'person' in df else None
+    boxes = [b for b in (_boxes_of(df, BOX), _boxes_of(df, OVERRIDE)) if b is not None]  # absent: the key of a table without
     return config_key([str(p) for p in df.path], [file_stamp(p) for p in df.path], person, list(size),
-                      float(margin), float(aspect), asdict(cfg), CROP_VERSION)
+                      float(margin), float(size[1] / size[0]), asdict(cfg), CROP_VERSION, *boxes)
+
+# %% ../nbs/03_crop.ipynb #a5dd143e
+def cache_record(folder) -> dict:
+    "The completion record of a crop cache folder: array bytes, shape, dtype, sampled rows and their SHA-1, boxes SHA-1."
+    folder = Path(folder); a = np.load(folder / 'crops.npy', mmap_mode='r')
+    rows = np.unique(np.linspace(0, len(a) - 1, min(len(a), CACHE_SAMPLE)).round().astype(int))
+    return dict(bytes=(folder / 'crops.npy').stat().st_size, shape=list(a.shape), dtype=str(a.dtype), rows=rows.tolist(),
+                sha1=hashlib.sha1(np.ascontiguousarray(a[rows]).data).hexdigest(),
+                boxes_sha1=hashlib.sha1((folder / 'boxes.csv').read_bytes()).hexdigest())
+
+def cache_problem(folder) -> str | None:
+    "Why a crop cache folder cannot be trusted, or None when it matches its completion record."
+    folder = Path(folder)
+    try: rec = json.loads((folder / 'done.json').read_text())
+    except (OSError, ValueError) as e: return f'no readable completion record ({type(e).__name__})'
+    try:
+        size = (folder / 'crops.npy').stat().st_size
+        if size != rec['bytes']: return f"crops.npy holds {size} bytes, its record says {rec['bytes']} (truncated?)"
+        now = cache_record(folder)
+    except Exception as e: return f'unreadable ({type(e).__name__}: {e})'
+    for k, why in (('shape', 'shape'), ('dtype', 'dtype'), ('sha1', 'sampled pixels (overwritten or zeroed?)'),
+                   ('boxes_sha1', 'boxes.csv')):
+        if now[k] != rec.get(k): return f'{why} differ from the completion record'
+
+def _cache_folder(df, size, margin, cache_dir, cfg) -> Path:
+    "The crop cache folder of a table at this size and margin."
+    return Path(cache_dir or outputs_dir() / 'cache') / f'crops-{cache_key(df, size, margin, cfg)}'
 
 # %% ../nbs/03_crop.ipynb #8ee8c7db
-def crop_cache(df: pd.DataFrame, # photo table (needs `path`; `person` steers the fallbacks)
-               size=(256, 192), # crop size (height, width)
+def crop_cache(df: pd.DataFrame, # photo table (needs `path`; `person` steers the fallbacks; given/override boxes win)
+               size=(256, 192), # crop size (height, width); the crop's aspect is width / height
                margin: float = 0.25, # fraction of the face box added on each side
-               aspect: float = 3 / 4, # crop width / height
                device=None, # torch device for the detector
                cache_dir=None, # default: outputs_dir()/'cache'
                batch_size: int = 16, # photos per detector call
@@ -366,32 +479,36 @@ def crop_cache(df: pd.DataFrame, # photo table (needs `path`; `person` steers th
                chunk: int = 256, # crops written between two flushes
                progress: bool = True, # show progress bars
               ) -> np.ndarray:
-    "Read-only uint8 memmap (len(df), h, w, 3) of RGB face crops aligned with `df` rows; computed once, cached."
-    cache_dir = Path(cache_dir or outputs_dir() / 'cache'); cache_dir.mkdir(parents=True, exist_ok=True)
-    size = (int(size[0]), int(size[1])); key = cache_key(df, size, margin, aspect, cfg)
-    dest = cache_dir / f'crops-{key}.npy'
-    if dest.exists(): return np.load(dest, mmap_mode='r')
-    boxes = write_boxes(df.path, boxes_path(cfg, cache_dir), device, batch_size, cfg=cfg, progress=progress)
-    boxes = complete_boxes(boxes, df['person'].to_numpy(object) if 'person' in df else None)
-    wins = np.array([crop_window(b, w, h, margin, aspect) for b, w, h in
-                     zip(boxes[BOX].to_numpy(float), boxes.width, boxes.height)])
+    "Read-only uint8 memmap (len(df), h, w, 3) of RGB face crops aligned with `df` rows; computed once, verified, cached."
+    size = (int(size[0]), int(size[1])); folder = _cache_folder(df, size, margin, cache_dir, cfg)
+    if folder.exists():
+        why = cache_problem(folder)
+        if why is None: return np.load(folder / 'crops.npy', mmap_mode='r')
+        move_aside(folder, f'damaged crop cache: {why}')
+    boxes = face_boxes(df, device, batch_size, cfg, folder.parent, progress)
+    wins = np.array([crop_window(b, w, h, margin, size[1] / size[0]) for b, w, h in
+                     zip(boxes[BOX].to_numpy(float), boxes.width, boxes.height)]).reshape(-1, 4)
     boxes[['cx1', 'cy1', 'cx2', 'cy2']] = wins
-    with atomic_path(dest) as tmp:
-        arr = np.lib.format.open_memmap(tmp, mode='w+', dtype=np.uint8, shape=(len(df), *size, 3))
+    tmp = folder.with_name(f'.{folder.name}.tmp{os.getpid()}'); shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
+    try:
+        arr = np.lib.format.open_memmap(tmp / 'crops.npy', mode='w+', dtype=np.uint8, shape=(len(df), *size, 3))
         with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as ex:
             for k in tqdm(range(0, len(df), chunk), desc='crops', disable=not progress):
                 idx = range(k, min(k + chunk, len(df)))
                 arr[idx.start:idx.stop] = np.stack(list(ex.map(lambda i: _crop_one(boxes.path[i], wins[i], size), idx)))
-                arr.flush()
-        del arr
-        with atomic_path(dest.with_suffix('.csv')) as t2: boxes.to_csv(t2, index=False)
-    return np.load(dest, mmap_mode='r')
+        arr.flush(); del arr
+        boxes.to_csv(tmp / 'boxes.csv', index=False)
+        (tmp / 'done.json').write_text(json.dumps(cache_record(tmp)))  # last: its presence says the folder is complete
+        try: tmp.rename(folder)
+        except OSError:  # another process finished the same cache first: use its copy if it checks out
+            if cache_problem(folder) is not None: raise
+    finally: shutil.rmtree(tmp, ignore_errors=True)
+    return np.load(folder / 'crops.npy', mmap_mode='r')
 
-def cache_boxes(df: pd.DataFrame, size=(256, 192), margin: float = 0.25, aspect: float = 3 / 4, cache_dir=None,
+def cache_boxes(df: pd.DataFrame, size=(256, 192), margin: float = 0.25, cache_dir=None,
                 cfg: DetectorConfig = DETECTOR) -> pd.DataFrame:
     "The boxes, crop windows and sources behind a `crop_cache` (call `crop_cache` first)."
-    key = cache_key(df, (int(size[0]), int(size[1])), margin, aspect, cfg)
-    return pd.read_csv(Path(cache_dir or outputs_dir() / 'cache') / f'crops-{key}.csv')
+    return pd.read_csv(_cache_folder(df, (int(size[0]), int(size[1])), margin, cache_dir, cfg) / 'boxes.csv')
 
 # %% ../nbs/03_crop.ipynb #5a104879
 def box_hits(found: pd.DataFrame, # boxes with `source` (only `detector` rows can count)

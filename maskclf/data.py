@@ -17,12 +17,12 @@ from .core import UNKNOWN, MASK_NAMES, GENDER_NAMES, MASK_FILE_STEMS, EVAL_OLD_F
 from .core import encode, encode_known, age2band
 
 # %% auto #0
-__all__ = ['IMAGE_EXTS', 'LABEL_FIXES', 'TRAIN_COLUMNS', 'LABELS_COLUMNS', 'BOX_COLUMNS', 'MIN_SIDE', 'SIXTEEN_BIT',
+__all__ = ['IMAGE_EXTS', 'LABEL_FIXES', 'TRAIN_COLUMNS', 'LABELS_COLUMNS', 'BOX_COLUMNS', 'BOX_SLACK', 'MIN_SIDE', 'SIXTEEN_BIT',
            'IMAGE_MODES', 'CODE_COLUMNS', 'CHECK_VERSION', 'MEMO_LIMIT', 'DataError', 'raise_problems', 'photo_table',
            'read_csv_text', 'parse_names', 'parse_ages', 'is_hidden', 'person_photos', 'apply_label_fixes',
            'check_train_csv', 'read_competition', 'has_eval', 'read_eval', 'parse_boxes', 'read_labels_csv',
-           'read_dataset', 'to_rgb', 'image_problem', 'label_problems', 'person_problems', 'table_problems',
-           'memo_path', 'image_problems', 'validate', 'make_folds']
+           'read_dataset', 'box_problems', 'read_box_overrides', 'to_rgb', 'image_problem', 'label_problems',
+           'person_problems', 'table_problems', 'memo_path', 'image_problems', 'validate', 'make_folds']
 
 # %% ../nbs/01_data.ipynb #119ae25a
 class DataError(ValueError):
@@ -249,6 +249,44 @@ def read_dataset(source # competition folder, labels CSV (or a folder with `labe
     if p.is_file() and p.suffix.lower() == '.csv': return read_labels_csv(p)
     if p.is_dir(): return read_competition(p)  # reports the missing train.csv
     raise DataError(f'{p}: not found, or neither a competition folder nor a labels CSV')
+
+# %% ../nbs/01_data.ipynb #7254f918
+BOX_SLACK = 0.1  # a box may pass the photo's edge by this fraction of its own width/height
+
+def box_problems(boxes, # (n,4) x1,y1,x2,y2 (NaN: empty cell)
+                 sizes, # (n,2) width,height of each upright photo
+                ) -> list:
+    "Per box, what is wrong with it ('' when nothing)."
+    b, s = np.asarray(boxes, float).reshape(-1, 4), np.asarray(sizes, float).reshape(-1, 2)
+    w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+    sx, sy = BOX_SLACK * np.abs(w), BOX_SLACK * np.abs(h)
+    out = (b[:, 0] < -sx) | (b[:, 1] < -sy) | (b[:, 2] > s[:, 0] + sx) | (b[:, 3] > s[:, 1] + sy)
+    return ['box is not four numbers' if not np.isfinite(r).all() else 'x2 <= x1 or y2 <= y1' if wi <= 0 or hi <= 0
+            else f'box outside the {int(sw)}x{int(sh)} photo' if o else ''
+            for r, wi, hi, o, (sw, sh) in zip(b, w, h, out, s)]
+
+# %% ../nbs/01_data.ipynb #3651be8d
+def read_box_overrides(csv, # override CSV: path,x1,y1,x2,y2 (paths relative to its folder)
+                       known, # paths of every photo the run reads (photo tables' `path`)
+                       size_of, # (path) -> (width, height) of the upright photo, e.g. `maskclf.crop.image_size`
+                      ) -> pd.DataFrame:
+    "The override boxes (`path` as in the photo table, x1..y2); one `DataError` lists every bad row."
+    csv = Path(csv).expanduser().resolve()
+    df = read_csv_text(csv, ['path'] + BOX_COLUMNS)
+    paths = [os.path.realpath(csv.parent / p) if p else '' for p in df.path]
+    boxes = np.array([[pd.to_numeric(v, errors='coerce') if v else np.nan for v in df[c]] for c in BOX_COLUMNS], float).T.reshape(-1, 4)
+    known = {os.path.realpath(p): str(p) for p in known}  # real paths: a symlinked photo matches either way
+    problems, seen, found = [], {}, []
+    for i, (p, b) in enumerate(zip(paths, boxes)):
+        where = f'{csv} line {i + 2}'
+        if not p: problems.append(f'{where}: empty path'); continue
+        if p in seen: problems.append(f'{where}: {df.path[i]} already given on line {seen[p]}')
+        seen.setdefault(p, i + 2)
+        if p not in known: problems.append(f'{where}: {df.path[i]} is not a photo of this data set ({p})'); continue
+        found.append(known[p]); bad = box_problems(b, [size_of(p)] if np.isfinite(b).all() else [(0, 0)])[0]
+        if bad: problems.append(f'{where}: {bad} ({",".join(df.loc[i, BOX_COLUMNS])})')
+    raise_problems(problems, csv)
+    return pd.DataFrame(dict(path=found, **{c: boxes[:, k] for k, c in enumerate(BOX_COLUMNS)}))
 
 # %% ../nbs/01_data.ipynb #ee456c47
 import hashlib, json

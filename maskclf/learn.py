@@ -39,6 +39,7 @@ __all__ = ['DEFAULT_CONFIG', 'CHOICES', 'resolve_config', 'as_list', 'train_targ
 DEFAULT_CONFIG = dict(
     data_dir='',                  # competition folder or labels CSV; '' = the synthetic demo data
     extra_data=[],                # labels CSVs added to every training fold (partial labels allowed)
+    boxes_csv='',                 # face-box overrides: CSV path,x1,y1,x2,y2 (paths relative to it); '' = none
     fold=0, n_folds=5,            # which fold validates, out of how many (person-level folds)
     run='demo',                   # run name: results go to outputs/<run>/fold<fold>/
     model='tf_efficientnet_lite0', pretrained=True, head='multi',
@@ -468,17 +469,17 @@ def load_tables(cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame | None]:
         extra['fold'] = -1
         df = pd.concat([df, extra], ignore_index=True)
     ev = read_eval(src) if Path(src).is_dir() and has_eval(src) else None
-    return df, ev
+    from maskclf.crop import with_box_overrides
+    return with_box_overrides(cfg['boxes_csv'], df, ev)  # checked against every photo of the run
 
 def crop_size(cfg: dict) -> tuple[int, int]:
-    "(height, width) of the crops: `img_size` high, `crop_aspect` times as wide."
+    "(height, width) of the crops: `img_size` high, `crop_aspect` times as wide (the one place the aspect enters)."
     return int(cfg['img_size']), int(round(cfg['img_size'] * cfg['crop_aspect']))
 
 def get_pixels(df: pd.DataFrame, cfg: dict, device=None) -> np.ndarray:
-    "The crop array of a table at the config's size, margin and aspect (cached by `maskclf.crop`; under DDP rank 0 fills it first)."
+    "The crop array of a table at the config's crop size and margin (cached by `maskclf.crop`; under DDP rank 0 fills it first)."
     from maskclf.crop import crop_cache
-    get = lambda: crop_cache(df, size=crop_size(cfg), margin=cfg['crop_margin'], aspect=cfg['crop_aspect'], device=device,
-                             progress=dist_info()[0] == 0)
+    get = lambda: crop_cache(df, size=crop_size(cfg), margin=cfg['crop_margin'], device=device, progress=dist_info()[0] == 0)
     if dist_info()[0] == 0: pixels = get()
     _barrier()
     return pixels if dist_info()[0] == 0 else get()
