@@ -106,6 +106,25 @@ def _off_centre(box, width: int, height: int) -> float:
     "Distance of the box centre from the image centre, in units of the image size."
     return float(np.hypot(((box[0] + box[2]) / 2 - width / 2) / width, ((box[1] + box[3]) / 2 - height / 2) / height))
 
+# %% ../nbs/03_crop.ipynb #d1a2b3e0
+def _choose_all(found: list, width: int, height: int, cfg: DetectorConfig, min_score: float, sure_rel: float, sure_centre: float):
+    "`choose_face` and `plausible` for a batch of same-size photos at once: rows (n,5) box+prob (NaN: none plausible), and which are sure."
+    n = len(found); out = np.full((n, 5), np.nan); sure = np.zeros(n, bool)
+    b = np.concatenate([f[0] for f in found]).reshape(-1, 4).astype(float); p = np.concatenate([f[1] for f in found]).astype(float)
+    if not len(b): return out, sure
+    owner = np.repeat(np.arange(n), [len(f[1]) for f in found]); side = box_side(b)
+    top = np.zeros(n); np.maximum.at(top, owner, side)
+    cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+    off = np.hypot((cx - width / 2) / width, (cy - height / 2) / height)
+    s = side / top[owner] - cfg.centre_weight * off + cfg.score_weight * p
+    order = np.lexsort((-s, owner))  # per photo, best first; stable, so ties keep the first candidate like argmax
+    j = order[np.r_[True, owner[order][1:] != owner[order][:-1]]]; o = owner[j]
+    rel = side[j] / min(width, height)
+    ok = np.isfinite(b[j]).all(1) & (p[j] >= min_score) & (rel <= cfg.max_rel) & (0 <= cx[j]) & (cx[j] <= width) & (0 <= cy[j]) & (cy[j] <= height)
+    out[o[ok & (rel >= cfg.min_rel)]] = np.c_[b[j], p[j]][ok & (rel >= cfg.min_rel)]
+    sure[o] = ok & (rel >= sure_rel) & (off[j] <= sure_centre)
+    return out, sure
+
 # %% ../nbs/03_crop.ipynb #bb8f2ce1
 _NETS = {}
 
@@ -273,12 +292,10 @@ def detect_faces(paths, # photo files
             groups = [[retry[j] for j in idx] for idx in _batches([paths[i] for i in retry], [sizes[i] for i in retry], batch_size)]
             run = lambda idx: _detect_group(paths, idx, sizes, thr, min_face, factor, device, cfg.det_short, n_decode)
             for idx, found in zip(groups, pool.map(run, groups)):
-                for i, (b, p) in zip(idx, found):
-                    w, h = sizes[i]; j = choose_face(b, p, w, h, cfg); passes[i] += 1
-                    if j >= 0 and plausible(b[j], p[j], w, h, cfg, min_score=min_score):
-                        res[i] = [*b[j], p[j]]  # a later pass replaces a small face of an earlier one
-                    if not (j >= 0 and plausible(b[j], p[j], w, h, cfg, min_score=min_score, min_rel=sure_rel)
-                            and _off_centre(b[j], w, h) <= sure_centre): todo.append(i)
+                rows, sure = _choose_all(found, *sizes[idx[0]], cfg, min_score, sure_rel, sure_centre)
+                idx = np.asarray(idx); passes[idx] += 1; got = np.isfinite(rows).all(1)
+                res[idx[got]] = rows[got]  # a later pass replaces a small face of an earlier one
+                todo += idx[~sure].tolist()
                 bar.update(len(idx))
     df = pd.DataFrame(res, columns=['x1', 'y1', 'x2', 'y2', 'score'])
     df.insert(0, 'path', paths)
