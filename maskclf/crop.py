@@ -17,11 +17,12 @@ from tqdm.auto import tqdm
 from .core import outputs_dir, atomic_path, get_device, real_data, MASK_NAMES
 
 # %% auto #0
-__all__ = ['DETECTOR', 'BOXES_COLUMNS', 'DEFAULT_PRIOR', 'BOX', 'FOUND', 'OVERRIDE', 'CROP_VERSION', 'CACHE_SAMPLE', 'load_image',
-           'image_size', 'DetectorConfig', 'detector_passes', 'config_key', 'box_side', 'choose_face', 'plausible',
-           'detect_faces', 'file_stamp', 'boxes_path', 'move_aside', 'read_boxes_file', 'write_boxes', 'complete_boxes',
-           'apply_box_overrides', 'with_box_overrides', 'given_boxes', 'face_boxes', 'crop_window', 'cache_key',
-           'cache_record', 'cache_problem', 'crop_cache', 'cache_boxes', 'box_hits', 'show_boxes', 'person_spread']
+__all__ = ['DETECTOR', 'CUDA_BATCH', 'BOXES_COLUMNS', 'DEFAULT_PRIOR', 'BOX', 'FOUND', 'OVERRIDE', 'CROP_VERSION', 'CACHE_SAMPLE',
+           'load_image', 'image_size', 'DetectorConfig', 'detector_passes', 'config_key', 'box_side', 'choose_face',
+           'plausible', 'detect_faces', 'file_stamp', 'boxes_path', 'move_aside', 'read_boxes_file', 'write_boxes',
+           'complete_boxes', 'apply_box_overrides', 'with_box_overrides', 'given_boxes', 'face_boxes', 'crop_window',
+           'cache_key', 'cache_record', 'cache_problem', 'crop_cache', 'cache_boxes', 'box_hits', 'tuning_half',
+           'show_boxes', 'person_spread']
 
 # %% ../nbs/03_crop.ipynb #c849ea78
 from .data import to_rgb
@@ -62,7 +63,7 @@ class DetectorConfig:
     centre_weight: float = 1.0  # choosing among faces: penalty per unit distance from the image centre
     score_weight: float = 0.5  # choosing among faces: bonus per unit of probability
     det_short: int = 0  # if > 0, photos are decoded so their shorter side is at most this many pixels before detection (faster, lower recall: see the table)
-    version: int = 2  # bump when the detection code changes the boxes
+    version: int = 3  # bump when the detection code changes the boxes (3: NMS kept within each photo of a batch)
 
 DETECTOR = DetectorConfig()
 
@@ -108,6 +109,25 @@ def _off_centre(box, width: int, height: int) -> float:
     "Distance of the box centre from the image centre, in units of the image size."
     return float(np.hypot(((box[0] + box[2]) / 2 - width / 2) / width, ((box[1] + box[3]) / 2 - height / 2) / height))
 
+# %% ../nbs/03_crop.ipynb #d1a2b3e0
+def _choose_all(found: list, width: int, height: int, cfg: DetectorConfig, min_score: float, sure_rel: float, sure_centre: float):
+    "`choose_face` and `plausible` for a batch of same-size photos at once: rows (n,5) box+prob (NaN: none plausible), and which are sure."
+    n = len(found); out = np.full((n, 5), np.nan); sure = np.zeros(n, bool)
+    b = np.concatenate([f[0] for f in found]).reshape(-1, 4).astype(float); p = np.concatenate([f[1] for f in found]).astype(float)
+    if not len(b): return out, sure
+    owner = np.repeat(np.arange(n), [len(f[1]) for f in found]); side = box_side(b)
+    top = np.zeros(n); np.maximum.at(top, owner, side)
+    cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+    off = np.hypot((cx - width / 2) / width, (cy - height / 2) / height)
+    s = side / top[owner] - cfg.centre_weight * off + cfg.score_weight * p
+    order = np.lexsort((-s, owner))  # per photo, best first; stable, so ties keep the first candidate like argmax
+    j = order[np.r_[True, owner[order][1:] != owner[order][:-1]]]; o = owner[j]
+    rel = side[j] / min(width, height)
+    ok = np.isfinite(b[j]).all(1) & (p[j] >= min_score) & (rel <= cfg.max_rel) & (0 <= cx[j]) & (cx[j] <= width) & (0 <= cy[j]) & (cy[j] <= height)
+    out[o[ok & (rel >= cfg.min_rel)]] = np.c_[b[j], p[j]][ok & (rel >= cfg.min_rel)]
+    sure[o] = ok & (rel >= sure_rel) & (off[j] <= sure_centre)
+    return out, sure
+
 # %% ../nbs/03_crop.ipynb #bb8f2ce1
 _NETS = {}
 
@@ -118,27 +138,38 @@ def _mtcnn(device):
     if key not in _NETS: _NETS[key] = MTCNN(keep_all=True, device=device).eval()
     return _NETS[key]
 
-def _to_net(a: np.ndarray, device):
-    "Pixels (B,H,W,3) -> the float NCHW tensor MTCNN's nets expect (scaled to about [-1, 1])."
+def _to_net(a, device):
+    "Pixels (B,H,W,3), numpy or torch -> the float NCHW tensor MTCNN's nets expect (scaled to about [-1, 1])."
     import torch
-    t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device).permute(0, 3, 1, 2)
-    return t.sub(127.5).mul_(1 / 128)
+    t = a if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+    return t.to(device, torch.float32).permute(0, 3, 1, 2).sub(127.5).mul_(1 / 128)
 
 def _bins(start, stop, n: int):
     "Bins of `torch`'s area resampling of [start, stop) into n cells: first (inclusive) and last (exclusive) row."
     start, stop = np.asarray(start)[:, None], np.asarray(stop)[:, None]; i = np.arange(n)[None]; size = stop - start
     return start + i * size // n, start - (-(i + 1) * size // n)
 
-def _area(sums, img, y0, y1, x0, x1, sides) -> np.ndarray:
+def _area(sums, img, y0, y1, x0, x1, sides):
     "Area-resample windows [y0,y1)x[x0,x1) of images `img` to sides (h, w) from integral images `sums`: (K,h,w,3)."
     ya, yb = _bins(y0, y1, sides[0]); xa, xb = _bins(x0, x1, sides[1])
     k = np.asarray(img)[:, None, None]; ya, yb, xa, xb = ya[:, :, None], yb[:, :, None], xa[:, None], xb[:, None]
+    cnt = ((yb - ya) * (xb - xa))[..., None].astype(np.float32)
+    if not isinstance(sums, np.ndarray):  # integral images on the GPU: gather there, copy nothing back
+        import torch
+        k, ya, yb, xa, xb, cnt = (torch.as_tensor(v, device=sums.device) for v in (k, ya, yb, xa, xb, cnt))
     tot = sums[k, yb, xb] - sums[k, ya, xb] - sums[k, yb, xa] + sums[k, ya, xa]
-    return tot / ((yb - ya) * (xb - xa))[..., None].astype(np.float32)
+    return tot / cnt
 
-def _integral(imgs: np.ndarray) -> np.ndarray:
-    "Integral images (B,H+1,W+1,3): sums[b, y, x] = sum of imgs[b, :y, :x] (exact: integers, or float64 for huge photos)."
-    import cv2
+def _integral_torch(imgs: np.ndarray, device):
+    "Integral images (B,H+1,W+1,3) as an exact int64 tensor on `device`: one cumsum over the batch (the GPU path)."
+    import torch
+    t = torch.from_numpy(np.ascontiguousarray(imgs)).to(device).to(torch.int64)
+    return torch.nn.functional.pad(t.cumsum(1).cumsum(2), (0, 0, 1, 0, 1, 0))
+
+def _integral(imgs: np.ndarray, device='cpu'):
+    "Integral images (B,H+1,W+1,3): sums[b, y, x] = sum of imgs[b, :y, :x], exact; cv2 on CPU, else on the device."
+    import torch, cv2
+    if torch.device(device).type != 'cpu': return _integral_torch(imgs, device)
     depth = cv2.CV_32S if imgs.shape[1] * imgs.shape[2] * 255 < 2**31 else cv2.CV_64F
     return np.stack([cv2.integral(np.ascontiguousarray(im), sdepth=depth) for im in imgs])
 
@@ -150,12 +181,21 @@ def _patches(sums, boxes, inds, side: int, h: int, w: int, device):
     x = _area(sums, inds.cpu().numpy()[keep], y1[keep] - 1, y2[keep], x1[keep] - 1, x2[keep], (side, side))
     return _to_net(x, device), keep
 
+def _nms(boxes, scores, idxs, threshold: float, method: str = 'Union'):
+    "Indices kept by NMS within each photo of a batch (`idxs`: the photo), by IoU (`Union`) or intersection over the smaller box (`Min`)."
+    from torchvision.ops import batched_nms
+    from facenet_pytorch.models.utils.detect_face import batched_nms_numpy
+    # both helpers keep photos apart by offsetting each photo's boxes by (photo index) x (largest coordinate), which
+    # assumes coordinates >= 0; the squared boxes of faces at the border go negative and could then suppress a box
+    # of the neighbouring photo, so the result depended on the batch (no such case among the 150 real photos)
+    b = boxes - boxes.min().clamp(max=0) if len(boxes) else boxes
+    return batched_nms(b, scores, idxs, threshold) if method == 'Union' else batched_nms_numpy(b, scores, idxs, threshold, method)
+
 def _cascade(imgs: np.ndarray, minsize: float, net, thresholds, factor: float, device) -> list:
     "MTCNN's three stages on a (B,H,W,3) uint8 batch, resampling from integral images: per image (boxes (n,4), probs (n,))."
     import torch
-    from torchvision.ops import batched_nms
-    from facenet_pytorch.models.utils.detect_face import generateBoundingBox, bbreg, rerec, batched_nms_numpy
-    n, h, w = imgs.shape[:3]; sums = _integral(imgs); every = np.arange(n)
+    from facenet_pytorch.models.utils.detect_face import generateBoundingBox, bbreg, rerec
+    n, h, w = imgs.shape[:3]; sums = _integral(imgs, device); every = np.arange(n)
     scales, s = [], 12. / minsize
     while min(h, w) * s >= 12: scales.append(s); s *= factor  # pyramid: the smallest face maps to P-net's 12 px
     cand, owner = [], []
@@ -163,9 +203,9 @@ def _cascade(imgs: np.ndarray, minsize: float, net, thresholds, factor: float, d
         lvl = _area(sums, every, np.zeros(n, int), np.full(n, h), np.zeros(n, int), np.full(n, w), (int(h * s + 1), int(w * s + 1)))
         reg, prob = net.pnet(_to_net(lvl, device))
         b, i = generateBoundingBox(reg, prob[:, 1], s, thresholds[0])
-        keep = batched_nms(b[:, :4], b[:, 4], i, 0.5); cand.append(b[keep]); owner.append(i[keep])
+        keep = _nms(b[:, :4], b[:, 4], i, 0.5); cand.append(b[keep]); owner.append(i[keep])
     b, i = torch.cat(cand), torch.cat(owner)
-    keep = batched_nms(b[:, :4], b[:, 4], i, 0.7); b, i = b[keep], i[keep]
+    keep = _nms(b[:, :4], b[:, 4], i, 0.7); b, i = b[keep], i[keep]
     bw, bh = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]  # P-net's regression, then square windows
     boxes = rerec(torch.stack([b[:, 0] + b[:, 5] * bw, b[:, 1] + b[:, 6] * bh, b[:, 2] + b[:, 7] * bw,
                                b[:, 3] + b[:, 8] * bh, b[:, 4]], 1))
@@ -178,11 +218,11 @@ def _cascade(imgs: np.ndarray, minsize: float, net, thresholds, factor: float, d
         reg, score = out[0], out[-1][:, 1]; ok = score > thr
         boxes = torch.cat([boxes[ok, :4], score[ok, None]], 1); i, reg = i[ok], reg[ok]
         if stage == 0:
-            keep = batched_nms(boxes[:, :4], boxes[:, 4], i, 0.7)
+            keep = _nms(boxes[:, :4], boxes[:, 4], i, 0.7)
             boxes, i = rerec(bbreg(boxes[keep], reg[keep])), i[keep]
         else:
             boxes = bbreg(boxes, reg)
-            keep = batched_nms_numpy(boxes[:, :4], boxes[:, 4], i, 0.7, 'Min'); boxes, i = boxes[keep], i[keep]
+            keep = _nms(boxes[:, :4], boxes[:, 4], i, 0.7, 'Min'); boxes, i = boxes[keep], i[keep]
     boxes, i = boxes.cpu().numpy().astype(float), i.cpu().numpy()
     return [(boxes[i == k, :4], boxes[i == k, 4]) for k in range(n)]
 
@@ -228,19 +268,24 @@ def _detect_group(paths, idx, sizes, thresholds, min_face, factor, device, det_s
     return [(b * scale, p) for b, p in _detect_batch(_decode(paths, idx, (dw, dh), n_threads), thresholds, min_face, factor, device)]
 
 # %% ../nbs/03_crop.ipynb #74c75843
+CUDA_BATCH = 128  # photos per MTCNN call on a GPU at least: small batches leave it idle between Python steps
+
 def detect_faces(paths, # photo files
                  device=None, # torch device for MTCNN (default: CUDA where available, else CPU)
-                 batch_size: int = 16, # photos per MTCNN call (same-size photos only)
+                 batch_size: int = 16, # photos per MTCNN call (same-size photos only; on CUDA at least `CUDA_BATCH`)
                  cfg: DetectorConfig = DETECTOR, # detector settings
                  progress: bool = True, # show a progress bar
-                 workers: int = 0, # batches detected at once, one torch thread each (0: up to 2 on CPU, 1 on CUDA)
+                 workers: int = 0, # batches detected at once (0: 2; on CPU one torch thread each, at most one per core)
                 ) -> pd.DataFrame:
     "One face per photo: DataFrame path,x1,y1,x2,y2,score,source (`detector` or `none`),width,height,passes."
     paths = [str(p) for p in paths]; device = get_device(device)
     sizes = [image_size(p) for p in paths]
     res = np.full((len(paths), 5), np.nan); passes = np.zeros(len(paths), int)
     todo = list(range(len(paths)))
-    workers = workers or (1 if device.type == 'cuda' else min(2, os.cpu_count() or 1))
+    cpus, cuda = os.cpu_count() or 1, device.type == 'cuda'
+    if cuda: batch_size = max(batch_size, CUDA_BATCH)
+    workers = workers or (2 if cuda else min(2, cpus))  # on CUDA the second decodes the next batch while the GPU works
+    n_decode = max(2, cpus // workers) if cuda else (1 if workers > 1 else 2)  # JPEG decoding threads per batch
     with (_torch_threads(1 if device.type == 'cpu' else 0), ThreadPoolExecutor(workers) as pool,
           tqdm(total=len(paths), desc='faces', disable=not progress) as bar):
         for k, (thr, min_face, factor, min_score, sure_rel, sure_centre) in enumerate(detector_passes(cfg)):
@@ -248,14 +293,12 @@ def detect_faces(paths, # photo files
             if k: bar.total += len(todo); bar.refresh()
             todo, retry = [], todo
             groups = [[retry[j] for j in idx] for idx in _batches([paths[i] for i in retry], [sizes[i] for i in retry], batch_size)]
-            run = lambda idx: _detect_group(paths, idx, sizes, thr, min_face, factor, device, cfg.det_short, n_threads=1 if workers > 1 else 2)
+            run = lambda idx: _detect_group(paths, idx, sizes, thr, min_face, factor, device, cfg.det_short, n_decode)
             for idx, found in zip(groups, pool.map(run, groups)):
-                for i, (b, p) in zip(idx, found):
-                    w, h = sizes[i]; j = choose_face(b, p, w, h, cfg); passes[i] += 1
-                    if j >= 0 and plausible(b[j], p[j], w, h, cfg, min_score=min_score):
-                        res[i] = [*b[j], p[j]]  # a later pass replaces a small face of an earlier one
-                    if not (j >= 0 and plausible(b[j], p[j], w, h, cfg, min_score=min_score, min_rel=sure_rel)
-                            and _off_centre(b[j], w, h) <= sure_centre): todo.append(i)
+                rows, sure = _choose_all(found, *sizes[idx[0]], cfg, min_score, sure_rel, sure_centre)
+                idx = np.asarray(idx); passes[idx] += 1; got = np.isfinite(rows).all(1)
+                res[idx[got]] = rows[got]  # a later pass replaces a small face of an earlier one
+                todo += idx[~sure].tolist()
                 bar.update(len(idx))
     df = pd.DataFrame(res, columns=['x1', 'y1', 'x2', 'y2', 'score'])
     df.insert(0, 'path', paths)
@@ -520,6 +563,17 @@ def box_hits(found: pd.DataFrame, # boxes with `source` (only `detector` rows ca
     area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]); ta = (t[:, 2] - t[:, 0]) * (t[:, 3] - t[:, 1])
     inside = (t[:, 0] <= cx) & (cx <= t[:, 2]) & (t[:, 1] <= cy) & (cy <= t[:, 3])
     return inside & (area >= ta / 3) & (area <= 3 * ta) & found.source.eq('detector').to_numpy()
+
+# %% ../nbs/03_crop.ipynb #d1a2b3c5
+def tuning_half(df: pd.DataFrame, # photo table with `person` (NaN: the photo is its own person) and `mask`
+                salt: str = 'detector', # another salt draws another split
+               ) -> np.ndarray:
+    "Per row 0 (tune on it) or 1 (held out): person-level, stratified by mask state, a fixed hash of the person key."
+    person = df.person.where(df.person.notna(), df.path).astype(str).to_numpy()
+    state = pd.Series(df['mask'].to_numpy()).groupby(person).min()  # a person's stratum: their first mask state
+    rank = {p: k for _, ps in state.groupby(state) for k, p in
+            enumerate(sorted(ps.index, key=lambda p: hashlib.sha1(f'{salt}:{p}'.encode()).hexdigest()))}
+    return np.array([rank[p] % 2 for p in person])
 
 # %% ../nbs/03_crop.ipynb #c0ba6214
 def show_boxes(paths, boxes: pd.DataFrame, truth=None, titles=None, ncols: int = 8, size: float = 1.8):
