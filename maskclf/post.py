@@ -123,11 +123,11 @@ def identity_effect(oof: pd.DataFrame, # out-of-fold table (path, person, labels
 
 # %% ../nbs/08a_post.ipynb #5f0c84f1
 def macro_f1(labels, pred, n: int = N_CLASSES) -> float:
-    "Macro F1 over `n` classes (absent classes count 0), on rows with a known label."
+    "Macro F1 over the classes present in `labels` (as `maskclf.learn.score`), on rows with a known label; NaN without any."
     labels, pred = np.asarray(labels), np.asarray(pred); k = labels >= 0
     cm = np.bincount(labels[k] * n + pred[k], minlength=n * n).reshape(n, n)
-    tp, denom = np.diag(cm), cm.sum(0) + cm.sum(1)
-    return float(np.mean(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.)))
+    tp, denom, present = np.diag(cm), cm.sum(0) + cm.sum(1), cm.sum(1) > 0
+    return float(np.mean(2 * tp[present] / denom[present])) if present.any() else float('nan')
 
 def apply_offsets(probs: np.ndarray, offsets) -> np.ndarray:
     "Probabilities re-normalised after adding per-class `offsets` to their logs."
