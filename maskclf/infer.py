@@ -12,8 +12,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .core import N_CLASSES, CLASS_NAMES, atomic_path, save_json, outputs_dir, get_device
-from .learn import score, oof_probs, crop_size, get_pixels, load_model, load_checkpoint, resolve_config, save_submission
+from .core import N_CLASSES, CLASS_NAMES, HEADS, HEAD_NAMES, decode, atomic_path, save_json, outputs_dir, get_device
+from .learn import score, head_truth, oof_probs, crop_size, get_pixels, load_model, load_checkpoint, resolve_config, save_submission
 from .data import has_eval
 
 # %% auto #0
@@ -129,7 +129,7 @@ def write_submission(probs, # prediction table, `(n_eval, 18)` probabilities, or
     return pd.read_csv(save_submission(ev, a, dest), dtype={'ImageID': str})
 
 # %% ../nbs/08_infer.ipynb #66599146
-FOLD_FILES = ('config.json', 'oof.csv', 'test_probs.npy')  # what a finished fold must hold
+FOLD_FILES = ('config.json', 'oof.csv', 'test_probs.npy')  # what a finished fold must hold (test_probs: if it had eval photos)
 
 def run_dir(run) -> Path:
     "The folder of a run: a path, or a run name under `outputs/`."
@@ -146,10 +146,15 @@ def fold_status(run, n_folds: int | None = None) -> pd.DataFrame:
     rows = []
     for k in range(n_folds):
         p = found.get(k, d / f'fold{k}'); log = d / 'logs' / f'fold{k}.log'
-        lacks = [f for f in FOLD_FILES if not (p / f).exists()]
+        lacks = [f for f in FOLD_FILES if not (p / f).exists() and not (f == 'test_probs.npy' and _no_eval(p))]
         status = 'missing' if not p.exists() else f'failed: no {", ".join(lacks)}' if lacks else 'ok'
         rows.append(dict(fold=k, status=status, folder=str(p), log=str(log) if log.exists() else ''))
     return pd.DataFrame(rows, columns=['fold', 'status', 'folder', 'log'])
+
+def _no_eval(fold) -> bool:
+    "True when a finished fold's metrics say its data had no eval photos (a labels CSV), so no test_probs.npy."
+    try: return json.loads((Path(fold) / 'metrics.json').read_text()).get('n_eval') == 0
+    except (OSError, ValueError): return False
 
 def read_config(run) -> dict:
     "The run config shared by its folds (from the first fold that has one), without the fold number."
@@ -158,8 +163,8 @@ def read_config(run) -> dict:
     raise FileNotFoundError(f'{run_dir(run)}: no fold*/config.json, so this is not a run folder')
 
 # %% ../nbs/08_infer.ipynb #5539a475
-def fake_run(dest, n_folds=2, n_people=12, n_eval=14, skip=(), seed=0, cfg=None) -> Path:
-    "A stand-in run folder with synthetic `config.json`, `oof.csv`, `test_probs.npy` per fold (for tests)."
+def fake_run(dest, n_folds=2, n_people=12, n_eval=14, skip=(), seed=0, cfg=None, unknown=()) -> Path:
+    "A stand-in run folder with synthetic `config.json`, `oof.csv`, `test_probs.npy` per fold (for tests); `unknown` heads are -1."
     from maskclf.core import encode
     rng = np.random.default_rng(seed); dest = Path(dest); dest.mkdir(parents=True, exist_ok=True)
     people = np.repeat(np.arange(n_people), 7)
@@ -168,6 +173,8 @@ def fake_run(dest, n_folds=2, n_people=12, n_eval=14, skip=(), seed=0, cfg=None)
     logits = rng.normal(size=(len(y), N_CLASSES)); logits[np.arange(len(y)), y] += 2.5
     p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     fold = people % n_folds
+    heads = {h: np.full(len(y), -1) if h in unknown else v for h, v in dict(mask=m, gender=g, age_band=a).items()}
+    if unknown: y = np.full(len(y), -1)  # partial labels: no 18-class label
     for k in range(n_folds):
         if k in skip: continue
         f = dest / f'fold{k}'; f.mkdir(parents=True, exist_ok=True)
@@ -175,8 +182,8 @@ def fake_run(dest, n_folds=2, n_people=12, n_eval=14, skip=(), seed=0, cfg=None)
                   f / 'config.json')
         s = fold == k
         oof = pd.DataFrame(dict(path=[f'/x/{i:03d}/{j}.jpg' for i, j in zip(people[s], np.arange(len(y))[s] % 7)],
-                                person=[f'{i:03d}' for i in people[s]], label=y[s], mask=m[s], gender=g[s],
-                                age_band=a[s], fold=k))
+                                person=[f'{i:03d}' for i in people[s]], label=y[s], **{h: v[s] for h, v in heads.items()},
+                                fold=k))
         pd.concat([oof, pd.DataFrame(p[s], columns=PROB_COLS)], axis=1).to_csv(f / 'oof.csv', index=False)
         np.save(f / 'test_probs.npy', rng.dirichlet(np.ones(N_CLASSES), n_eval).astype(np.float32))
     return dest
@@ -188,13 +195,22 @@ def read_oof(run) -> pd.DataFrame:
     if ok.empty: raise FileNotFoundError(f'{run_dir(run)}: no finished fold (status: {dict(zip(st.fold, st.status))})')
     return pd.concat([pd.read_csv(Path(f) / 'oof.csv') for f in ok.folder], ignore_index=True)
 
-def class_report(labels, probs) -> pd.DataFrame:
-    "Precision, recall, F1 and support for each of the 18 classes."
+def class_report(labels, # 18-class labels (-1 unknown), or a table of heads such as an out-of-fold table
+                 probs, # (N, 18) probabilities
+                ) -> pd.DataFrame:
+    "Precision, recall, F1 and support per class: the 18 classes, then each head's; NaN where no photo is of the class."
     from sklearn.metrics import precision_recall_fscore_support
-    labels = np.asarray(labels); keep = labels >= 0
-    pr, rc, f1, n = precision_recall_fscore_support(labels[keep], np.asarray(probs)[keep].argmax(1),
-                                                    labels=range(N_CLASSES), zero_division=0)
-    return pd.DataFrame(dict(name=CLASS_NAMES, precision=pr, recall=rc, f1=f1, support=n))
+    t, pred = head_truth(labels), np.asarray(probs).argmax(1)
+    pred = {'label': pred, **dict(zip(HEADS, decode(pred)))}; parts = []
+    for k, names in (('label', CLASS_NAMES), *HEAD_NAMES.items()):
+        keep = t[k] >= 0; n = len(names)
+        prf = (precision_recall_fscore_support(t[k][keep], pred[k][keep], labels=range(n), zero_division=0) if keep.any()
+               else (np.zeros(n),) * 3 + (np.zeros(n, int),))
+        part = pd.DataFrame(dict(head='18-class' if k == 'label' else k, name=names, precision=prf[0], recall=prf[1],
+                                 f1=prf[2], support=prf[3]))
+        part.loc[part.support == 0, ['precision', 'recall', 'f1']] = np.nan  # not scored
+        parts.append(part)
+    return pd.concat(parts)  # index: the class code within its head
 
 # %% ../nbs/08_infer.ipynb #08fa2331
 def resolve_data_dir(cfg: dict) -> Path:
@@ -214,14 +230,16 @@ def ensemble_run(run, # run name under `outputs/` or its folder
                  overwrite: bool = False, # move an existing ensemble folder aside instead of refusing
                 ) -> dict:
     "Out-of-fold scores and the fold-ensemble submission of a run, written to `<run>/ensemble/`."
-    from maskclf.learn import score
+    from maskclf.learn import score, scored_classes, nan_to_none
     from maskclf.core import fresh_dir
     d = run_dir(run); st = fold_status(d); cfg = read_config(d)
     ok = st[st.status == 'ok']
-    oof = read_oof(d); test = ensemble([np.load(Path(f) / 'test_probs.npy') for f in ok.folder], method)
+    oof = read_oof(d); tests = [np.load(Path(f) / 'test_probs.npy') for f in ok.folder if (Path(f) / 'test_probs.npy').exists()]
+    test = ensemble(tests, method) if tests else np.zeros((0, N_CLASSES), np.float32)  # no eval photos (a labels CSV)
     data_dir = Path(data_dir) if data_dir else resolve_data_dir(cfg)
     metrics = dict(run=d.name, method=method, n_folds=len(st), n_folds_ok=len(ok), complete=len(ok) == len(st),
-                   folds=st.to_dict('records'), n_oof=len(oof), oof=score(oof, oof_probs(oof)))
+                   folds=st.to_dict('records'), n_oof=len(oof), oof=score(oof, oof_probs(oof)),
+                   scored=scored_classes(oof))
     probs = oof_probs(oof)
     if identity or offsets:
         from maskclf import post
@@ -231,14 +249,14 @@ def ensemble_run(run, # run name under `outputs/` or its folder
     dest = fresh_dir(Path(dest) if dest else d / 'ensemble', overwrite)
     oof[PROB_COLS] = probs
     oof.to_csv(dest / 'oof.csv', index=False); np.save(dest / 'test_probs.npy', test)
-    report = class_report(oof.label, probs); report.to_csv(dest / 'class_report.csv', index_label='class')
+    report = class_report(oof, probs); report.to_csv(dest / 'class_report.csv', index_label='class')
     if has_eval(data_dir):
         write_submission(test, data_dir, dest / 'submission.csv')
         if pseudo_threshold > 0:
             from maskclf.post import pseudo_labels
             metrics['n_pseudo_labels'] = len(pseudo_labels(test, data_dir, dest / 'pseudo_labels.csv', pseudo_threshold))
     else: metrics['submission'] = f'none: {data_dir} has no eval/info.csv'
-    save_json(metrics, dest / 'metrics.json')
+    save_json(nan_to_none(metrics), dest / 'metrics.json')  # not scored = null
     return dict(dest=dest, status=st, oof=oof, test_probs=test, metrics=metrics, class_report=report, config=cfg)
 
 # %% ../nbs/08_infer.ipynb #945f51a9
@@ -305,9 +323,14 @@ def fold_scores(res: dict) -> pd.DataFrame:
 def plot_fold_scores(scores: pd.DataFrame):
     "Bars of the macro F1 per fold and over all folds, per head."
     import matplotlib.pyplot as plt
-    ax = scores[['f1_macro', 'f1_mask', 'f1_gender', 'f1_age']].plot.bar(figsize=(8, 3.5), rot=0)
-    ax.set(ylim=(0, 1.05), ylabel='macro F1', title='out-of-fold macro F1 per fold and over all folds')
-    ax.legend(fontsize=8, loc='lower right'); ax.figure.tight_layout(); return ax.figure
+    keys = ['f1_macro', 'f1_mask', 'f1_gender', 'f1_age']
+    shown = [k for k in keys if scores[k].notna().any()]  # a score no fold could compute is left out and named
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    if shown: scores[shown].astype(float).plot.bar(ax=ax, rot=0); ax.legend(fontsize=8, loc='lower right')
+    unlabelled = [k for k in keys if k not in shown]
+    ax.set(ylim=(0, 1.05), ylabel='macro F1', title='out-of-fold macro F1 per fold and over all folds'
+           + (f"\n(no labels: {', '.join(unlabelled)})" if unlabelled else ''))
+    fig.tight_layout(); return fig
 
 def ensemble_report(res: dict, title: str | None = None) -> Path:
     "Save the ensemble's figures as PNG beside its results and write `report.html`; returns its path."
@@ -324,5 +347,6 @@ def ensemble_report(res: dict, title: str | None = None) -> Path:
     m = res['metrics']; flat = {k: v for k, v in m.items() if not isinstance(v, (dict, list))}
     flat.update({f'oof {k}': v for k, v in m['oof'].items()})
     flat.update({f'oof after post-processing {k}': v for k, v in m.get('oof_post', {}).items()})
+    if 'scored' in m: flat['scored'] = m['scored']  # write_report says which classes and heads were scored
     flat.update({f"fold {r['fold']}": r['status'] + (f" (log: {r['log']})" if r['log'] else '') for r in m['folds']})
     return write_report(dest, flat, figs, res['config'], title=title or f"{m['run']}: ensemble of {m['n_folds_ok']} folds")

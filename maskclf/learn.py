@@ -27,10 +27,11 @@ from .augment import TTA_MODES, tta_wrapper
 # %% auto #0
 __all__ = ['DEFAULT_CONFIG', 'CHOICES', 'resolve_config', 'as_list', 'train_targets', 'keep_for_training', 'CropDataset',
            'seed_tfms_worker', 'balanced_weights', 'make_loader', 'reseed_loader', 'make_optimizer', 'Schedule',
-           'Precision', 'make_precision', 'head_truth', 'score', 'NonFiniteLossError', 'train_one_epoch',
-           'predict_probs', 'validate', 'dist_info', 'setup_distributed', 'Shard', 'gather_shards', 'unwrap',
-           'save_checkpoint', 'load_checkpoint', 'build_model', 'load_model', 'oof_probs', 'plot_history',
-           'plot_confusion', 'plot_head_confusions', 'plot_class_f1', 'plot_mistakes', 'save_figures', 'write_report',
+           'Precision', 'make_precision', 'head_truth', 'score', 'scored_classes', 'selection_keys', 'selection_metric',
+           'not_scored', 'nan_to_none', 'format_scores', 'NonFiniteLossError', 'train_one_epoch', 'predict_probs',
+           'validate', 'dist_info', 'setup_distributed', 'Shard', 'gather_shards', 'unwrap', 'save_checkpoint',
+           'load_checkpoint', 'build_model', 'load_model', 'oof_probs', 'plot_history', 'plot_confusion',
+           'plot_head_confusions', 'plot_class_f1', 'plot_mistakes', 'save_figures', 'describe_scored', 'write_report',
            'save_submission', 'load_tables', 'crop_size', 'get_pixels', 'fold_dir_for', 'open_fold_dir',
            'check_resume_config', 'append_history', 'trim_history', 'make_mix', 'make_oof', 'auto_workers', 'run_fold',
            'fit', 'finish_fold']
@@ -208,21 +209,58 @@ def head_truth(labels) -> dict[str, np.ndarray]:
     lab = np.asarray(labels, int)
     return {'label': lab, **{h: np.where(lab >= 0, v, UNKNOWN) for h, v in zip(HEADS, decode(lab))}}
 
-def _f1_acc(y, p, n):
+def _f1_acc(y, p):
+    "Macro F1 over the classes present in `y` and accuracy, on the rows with a label; NaN, NaN without any."
     k = y >= 0
     if not k.any(): return float('nan'), float('nan')
-    return float(f1_score(y[k], p[k], average='macro', labels=range(n), zero_division=0)), float((y[k] == p[k]).mean())
+    return float(f1_score(y[k], p[k], average='macro', labels=np.unique(y[k]), zero_division=0)), float((y[k] == p[k]).mean())
 
 def score(labels, # 18-class labels (-1 unknown), or a table/dict with mask, gender, age_band (or age band) columns
           probs,  # (N, 18) class probabilities
          ) -> dict:
-    "Macro F1 (18 classes and per head) and accuracy, each on the rows where it is defined."
+    "Macro F1 (18 classes and per head, over the classes present in the truth) and accuracy; NaN where nothing is labelled."
     t, pred = head_truth(labels), np.asarray(probs).argmax(1)
-    out = dict(zip(('f1_macro', 'accuracy'), _f1_acc(t['label'], pred, N_CLASSES)))
+    out = dict(zip(('f1_macro', 'accuracy'), _f1_acc(t['label'], pred)))
     for h, p in zip(HEADS, decode(pred)):
-        out[f'f1_{h}'], out[f'acc_{h}'] = _f1_acc(t[h], p, HEAD_SIZES[h])
+        out[f'f1_{h}'], out[f'acc_{h}'] = _f1_acc(t[h], p)
     out['n_scored'] = int((t['label'] >= 0).sum())
     return out
+
+# %% ../nbs/07_learn.ipynb #f7b5d2e8
+def scored_classes(truth, # 18-class labels, or a table/dict of heads (as `head_truth` takes)
+                  ) -> dict[str, list[str]]:
+    "Names of the classes with at least one true photo, for `label` (18-class) and each head; [] = not scored."
+    t, names = head_truth(truth), {'label': CLASS_NAMES, **HEAD_NAMES}
+    return {k: [names[k][c] for c in np.unique(t[k][t[k] >= 0])] for k in ('label', *HEADS)}
+
+def selection_keys(s: dict) -> list[str]:
+    "The `score` keys that pick the best epoch: ['f1_macro'] where it is defined, else the scored heads' F1."
+    if not math.isnan(s['f1_macro']): return ['f1_macro']
+    return [f'f1_{h}' for h in HEADS if not math.isnan(s[f'f1_{h}'])]
+
+def selection_metric(s: dict, # scores from `score`
+                     fallback: float = float('nan'), # the value where nothing is scored (`fit`: minus the validation loss)
+                    ) -> float:
+    "The mean of the `selection_keys` of `s` (exactly `f1_macro` on fully labelled data), or `fallback`."
+    keys = selection_keys(s)
+    return float(np.mean([s[k] for k in keys])) if keys else fallback
+
+# %% ../nbs/07_learn.ipynb #b9d7f4a0
+def not_scored(v) -> bool:
+    "True for a score that could not be computed (NaN or None)."
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+def nan_to_none(obj):
+    "`obj` with every NaN float (nested in dicts and lists) replaced by None, so JSON files hold `null`."
+    if isinstance(obj, dict): return {k: nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)): return [nan_to_none(v) for v in obj]
+    return None if isinstance(obj, float) and math.isnan(obj) else obj
+
+def format_scores(s: dict) -> str:
+    "One line of scores: macro F1, per head, accuracy; 'not scored' where there are no labels."
+    f = lambda k, d=3: 'not scored' if not_scored(s.get(k)) else f'{s[k]:.{d}f}'
+    return (f"macro F1 {f('f1_macro', 4)} (mask {f('f1_mask')}, gender {f('f1_gender')}, age {f('f1_age')}), "
+            f"accuracy {f('accuracy', 4)}")
 
 # %% ../nbs/07_learn.ipynb #525ab3cb
 class NonFiniteLossError(FloatingPointError):
@@ -355,67 +393,105 @@ def oof_probs(oof: pd.DataFrame) -> np.ndarray:
     "The (N, 18) probability columns p0..p17 of an out-of-fold (or prediction) table."
     return oof[[f'p{c}' for c in range(N_CLASSES)]].to_numpy(np.float32)
 
+def _no_labels(ax, title: str, why: str = 'no photo has this label'):
+    "Mark an axis as not scored instead of drawing an empty plot."
+    ax.axis('off'); ax.set_title(title)
+    ax.text(0.5, 0.5, f'no labels:\n{why}', ha='center', va='center', color='grey', transform=ax.transAxes)
+
+def _truth_preds(oof: pd.DataFrame) -> tuple[dict, dict]:
+    "(truth, predictions) of an out-of-fold table, each keyed by `label` and the heads."
+    pred = oof_probs(oof).argmax(1)
+    return head_truth(oof), {'label': pred, **dict(zip(HEADS, decode(pred)))}
+
 def plot_history(history: pd.DataFrame):
-    "Learning curves: train/val loss, validation F1 (18-class and per head), learning rate."
+    "Learning curves: train/val loss, validation F1 (18-class and per head, those with labels), learning rate."
     import matplotlib.pyplot as plt
     fig, axs = plt.subplots(1, 3, figsize=(14, 3.6))
     axs[0].plot(history.epoch, history.train_loss, 'o-', label='train'); axs[0].plot(history.epoch, history.val_loss, 'o-', label='val')
     axs[0].set(title='loss', xlabel='epoch'); axs[0].legend()
-    for k in ('f1_macro', 'f1_mask', 'f1_gender', 'f1_age'): axs[1].plot(history.epoch, history[k], 'o-', label=k)
-    axs[1].set(title='validation macro F1', xlabel='epoch', ylim=(0, 1.02)); axs[1].legend(fontsize=8)
+    keys = ('f1_macro', 'f1_mask', 'f1_gender', 'f1_age')
+    shown = [k for k in keys if k in history and history[k].notna().any()]
+    for k in shown: axs[1].plot(history.epoch, history[k], 'o-', label=k)
+    unlabelled = [k for k in keys if k not in shown]
+    axs[1].set(title='validation macro F1' + (f"\n(no labels: {', '.join(unlabelled)})" if unlabelled else ''),
+               xlabel='epoch', ylim=(0, 1.02))
+    if shown: axs[1].legend(fontsize=8)
     axs[2].plot(history.epoch, history.lr, 'o-'); axs[2].set(title='learning rate (end of epoch)', xlabel='epoch')
     fig.tight_layout(); return fig
 
+# %% ../nbs/07_learn.ipynb #d1f9b6c2
+def _confusion(ax, y, p, names, title: str):
+    "Confusion counts of the labelled rows: one row per true class present, a column per class; 'no labels' without any."
+    import seaborn as sns
+    k = y >= 0
+    if not k.any(): return _no_labels(ax, title)
+    rows = np.unique(y[k])
+    cm = confusion_matrix(y[k], p[k], labels=range(len(names)))[rows]
+    sns.heatmap(cm / np.maximum(cm.sum(1, keepdims=True), 1), annot=cm, fmt='d', cmap='Blues', vmin=0, vmax=1, cbar=False,
+                xticklabels=names, yticklabels=[names[c] for c in rows], ax=ax, annot_kws=dict(fontsize=7))
+    absent = len(names) - len(rows)
+    ax.set(xlabel='predicted', ylabel='true', title=title + (f' ({absent} classes without labels not shown)' if absent else ''))
+
 def plot_confusion(oof: pd.DataFrame):
-    "18x18 confusion matrix (rows: true class, normalised per row) of the labelled rows."
-    import matplotlib.pyplot as plt, seaborn as sns
-    k = oof.label.to_numpy() >= 0
-    cm = confusion_matrix(oof.label[k], oof_probs(oof)[k].argmax(1), labels=range(N_CLASSES))
-    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(11, 9))
-    sns.heatmap(norm, annot=cm, fmt='d', cmap='Blues', vmin=0, vmax=1, xticklabels=CLASS_NAMES, yticklabels=CLASS_NAMES,
-                cbar=False, ax=ax, annot_kws=dict(fontsize=7))
-    ax.set(xlabel='predicted', ylabel='true', title='confusion matrix (counts; colour = row share)')
+    "18-class confusion matrix of the labelled rows (rows: the true classes present; colour = row share)."
+    import matplotlib.pyplot as plt
+    t, pred = _truth_preds(oof)
+    n_rows = len(np.unique(t['label'][t['label'] >= 0]))
+    fig, ax = plt.subplots(figsize=(11, 2 + 0.4 * n_rows) if n_rows else (7, 2))
+    _confusion(ax, t['label'], pred['label'], CLASS_NAMES, 'confusion matrix (counts; colour = row share)')
+    if not n_rows: _no_labels(ax, '18-class confusion matrix', 'no photo has all three labels (mask, gender, age)')
     fig.tight_layout(); return fig
 
 def plot_head_confusions(oof: pd.DataFrame):
     "One confusion matrix per head (mask, gender, age), each on the rows where that head is known."
-    import matplotlib.pyplot as plt, seaborn as sns
-    t, preds = head_truth(oof), dict(zip(HEADS, decode(oof_probs(oof).argmax(1))))
+    import matplotlib.pyplot as plt
+    t, pred = _truth_preds(oof)
     fig, axs = plt.subplots(1, 3, figsize=(13, 3.8))
-    for ax, h in zip(axs, HEADS):
-        k = t[h] >= 0
-        cm = confusion_matrix(t[h][k], preds[h][k], labels=range(HEAD_SIZES[h]))
-        sns.heatmap(cm, annot=True, fmt='d', cmap='Blues', xticklabels=HEAD_NAMES[h], yticklabels=HEAD_NAMES[h], cbar=False, ax=ax)
-        ax.set(title=h, xlabel='predicted', ylabel='true')
+    for ax, h in zip(axs, HEADS): _confusion(ax, t[h], pred[h], HEAD_NAMES[h], h)
     fig.tight_layout(); return fig
+
+# %% ../nbs/07_learn.ipynb #e2a0c7d3
+def _f1_bars(ax, y, p, names, title: str):
+    "F1 bar per class with its number of true photos; classes without photos say 'not scored'."
+    k = y >= 0
+    if not k.any(): return _no_labels(ax, title)
+    n = np.bincount(y[k], minlength=len(names))
+    f1 = f1_score(y[k], p[k], average=None, labels=range(len(names)), zero_division=0)
+    ax.bar(np.where(n > 0)[0], f1[n > 0], color='tab:blue')
+    for c in range(len(names)):
+        if n[c]: ax.text(c, f1[c] + 0.01, str(n[c]), ha='center', fontsize=7)
+        else: ax.text(c, 0.02, 'not scored', ha='center', rotation=90, fontsize=7, color='grey')
+    ax.set_xticks(range(len(names)), names, rotation=60 if len(names) > 3 else 0, ha='right' if len(names) > 3 else 'center', fontsize=8)
+    ax.set(ylim=(0, 1.1), ylabel='F1', title=f'{title}: macro F1 {f1[n > 0].mean():.3f} over {int((n > 0).sum())} classes')
 
 def plot_class_f1(oof: pd.DataFrame):
-    "F1 of each of the 18 classes, with its number of true photos."
+    "F1 of each class (18-class on top, each head below), with its number of true photos."
     import matplotlib.pyplot as plt
-    k = oof.label.to_numpy() >= 0
-    f1 = f1_score(oof.label[k], oof_probs(oof)[k].argmax(1), average=None, labels=range(N_CLASSES), zero_division=0)
-    n = np.bincount(oof.label[k], minlength=N_CLASSES)
-    fig, ax = plt.subplots(figsize=(11, 3.8))
-    ax.bar(range(N_CLASSES), f1, color='tab:blue')
-    for c in range(N_CLASSES): ax.text(c, f1[c] + 0.01, str(n[c]), ha='center', fontsize=7)
-    ax.set_xticks(range(N_CLASSES), CLASS_NAMES, rotation=60, ha='right', fontsize=8)
-    ax.set(ylim=(0, 1.1), ylabel='F1', title='per-class F1 (number above bar = true photos)')
-    fig.tight_layout(); return fig
+    t, pred = _truth_preds(oof)
+    fig = plt.figure(figsize=(11, 7.6))
+    _f1_bars(fig.add_subplot(2, 1, 1), t['label'], pred['label'], CLASS_NAMES, '18 classes')
+    for i, h in enumerate(HEADS): _f1_bars(fig.add_subplot(2, 3, 4 + i), t[h], pred[h], HEAD_NAMES[h], h)
+    fig.suptitle('per-class F1 (number above bar = true photos)'); fig.tight_layout(); return fig
+
+def _true_name(t: dict, i: int) -> str:
+    "The known heads of row `i` as 'mask/gender/age', '?' for unknown (the class name when all are known)."
+    return '/'.join(HEAD_NAMES[h][t[h][i]] if t[h][i] >= 0 else '?' for h in HEADS)
 
 def plot_mistakes(oof: pd.DataFrame, images: np.ndarray, n: int = 12):
-    "Gallery of the most confident mistakes; `images` holds the crop of each `oof` row."
+    "Gallery of the most confident mistakes (a known head predicted wrongly); `images` holds the crop of each `oof` row."
     import matplotlib.pyplot as plt
-    p = oof_probs(oof); pred = p.argmax(1); conf = p.max(1)
-    wrong = np.where((oof.label.to_numpy() >= 0) & (pred != oof.label.to_numpy()))[0]
-    wrong = wrong[np.argsort(-conf[wrong])][:n]
+    t, pred = _truth_preds(oof); conf = oof_probs(oof).max(1)
+    known = np.any([t[h] >= 0 for h in HEADS], axis=0)
+    wrong = np.where(np.any([(t[h] >= 0) & (pred[h] != t[h]) for h in HEADS], axis=0))[0]
+    wrong = wrong[np.argsort(-conf[wrong], kind='stable')][:n]
     cols = 6; rows = max(1, math.ceil(len(wrong) / cols))
     fig, axs = plt.subplots(rows, cols, figsize=(2.2 * cols, 3.0 * rows), squeeze=False)
     for ax in axs.flat: ax.axis('off')
     for ax, i in zip(axs.flat, wrong):
         ax.imshow(images[i])
-        ax.set_title(f'true {CLASS_NAMES[oof.label.iloc[i]]}\npred {CLASS_NAMES[pred[i]]} {conf[i]:.2f}', fontsize=7)
-    fig.suptitle(f'most confident mistakes ({len(wrong)} shown)' if len(wrong) else 'no mistakes on the labelled rows')
+        ax.set_title(f"true {_true_name(t, i)}\npred {CLASS_NAMES[pred['label'][i]]} {conf[i]:.2f}", fontsize=7)
+    fig.suptitle(f'most confident mistakes ({len(wrong)} shown)' if len(wrong) else
+                 'no mistakes on the labelled rows' if known.any() else 'no labels: nothing to compare with')
     fig.tight_layout(); return fig
 
 # %% ../nbs/07_learn.ipynb #74daff0a
@@ -432,16 +508,28 @@ def save_figures(fold_dir, history: pd.DataFrame, oof: pd.DataFrame, images: np.
         plt.close(fig)
     return paths
 
+def describe_scored(scored: dict) -> list[str]:
+    "One sentence per part of the metric (18 classes, each head): which classes it averages over, or 'not scored'."
+    names = {'label': CLASS_NAMES, **HEAD_NAMES}
+    def say(k):
+        have, n = scored.get(k, []), len(names[k])
+        what = '18-class' if k == 'label' else k
+        if not have: return f'{what}: not scored (no photo has this label)'
+        return f"{what}: all {n} classes" if len(have) == n else f"{what}: {len(have)} of {n} classes ({', '.join(have)})"
+    return [say(k) for k in ('label', *HEADS)]
+
 def write_report(fold_dir, metrics: dict, figures: dict, config: dict | None = None, title: str = 'maskclf fold report') -> Path:
-    "A self-contained `report.html`: metrics table, embedded figures, the run configuration."
-    rows = ''.join(f'<tr><td>{k}</td><td>{v:.4f}</td></tr>' if isinstance(v, float) else f'<tr><td>{k}</td><td>{v}</td></tr>'
-                   for k, v in metrics.items())
+    "A self-contained `report.html`: what was scored, metrics table, embedded figures, the run configuration."
+    cell = lambda v: 'not scored (no labels)' if not_scored(v) else f'{v:.4f}' if isinstance(v, float) else v
+    rows = ''.join(f'<tr><td>{k}</td><td>{cell(v)}</td></tr>' for k, v in metrics.items() if k != 'scored')
+    scored = ('<p>Scores average over the classes present in the truth: ' + '; '.join(describe_scored(metrics['scored']))
+              + '.</p>') if 'scored' in metrics else ''
     imgs = ''.join(f'<h2>{n.replace("_", " ")}</h2><img src="data:image/png;base64,{base64.b64encode(Path(p).read_bytes()).decode()}">'
                    for n, p in figures.items())
     cfg = f'<h2>configuration</h2><pre>{json.dumps(config, indent=1, default=str)}</pre>' if config else ''
     html = (f'<!doctype html><html><head><meta charset="utf-8"><title>{title}</title><style>body{{font-family:sans-serif;'
             f'max-width:1200px;margin:auto}} td{{padding:2px 12px}} img{{max-width:100%}}</style></head><body><h1>{title}</h1>'
-            f'<table>{rows}</table>{imgs}{cfg}</body></html>')
+            f'{scored}<table>{rows}</table>{imgs}{cfg}</body></html>')
     dest = Path(fold_dir) / 'report.html'
     with atomic_path(dest) as tmp: Path(tmp).write_text(html)
     return dest
@@ -594,7 +682,7 @@ def fit(model, train_dl, val_dl, loss_fn, optimizer, schedule, prec, cfg, fold_d
         tr = train_one_epoch(model, train_dl, loss_fn, optimizer, prec, schedule, epoch=epoch, grad_clip=cfg['grad_clip'],
                              mix=mix, show=main)
         va = validate(unwrap(model), val_dl, loss_fn, prec, show=False)
-        metric = va['f1_macro'] if not math.isnan(va['f1_macro']) else -va['val_loss']
+        metric = selection_metric(va, fallback=-va['val_loss'])  # f1_macro; the scored heads' mean on partial labels
         schedule.step_epoch(metric)
         row = dict(epoch=epoch, **tr, **{k: v for k, v in va.items() if k != 'probs'})
         improved = metric > best
@@ -639,16 +727,16 @@ def finish_fold(cfg, fold_dir, df, ev, val_idx, pixels, prec, main, history, n_t
                'best_epoch': ck['epoch'], 'epochs_run': int(len(history)), 'n_train_rows': int(n_train),
                'n_val': int(len(val_idx)), 'n_eval': int(len(ev)) if ev is not None else 0, 'tta': cfg['tta'],
                'device': str(prec.device), 'world_size': world, 'code': code_version(),
-               'train_seconds': float(history.train_seconds.sum()) if len(history) else 0.0}
+               'train_seconds': float(history.train_seconds.sum()) if len(history) else 0.0,
+               'best_by': ' + '.join(selection_keys(va)) or 'val_loss', 'scored': scored_classes(val_ds.targets)}
     if main:
         oof = make_oof(df.iloc[val_idx], va['probs'])
         with atomic_path(fold_dir / 'oof.csv') as tmp: oof.to_csv(tmp, index=False)
         if test_probs is not None:
             with atomic_path(fold_dir / 'test_probs.npy') as tmp: np.save(open(tmp, 'wb'), test_probs.astype(np.float32))
             save_submission(ev, test_probs, fold_dir / 'submission.csv')
-        save_json(metrics, fold_dir / 'metrics.json')
+        save_json(nan_to_none(metrics), fold_dir / 'metrics.json')  # not scored = null
         figs = save_figures(fold_dir, history, oof, np.asarray(pixels[val_idx]))
         write_report(fold_dir, metrics, figs, cfg, title=f"{cfg['run']} fold {cfg['fold']}")
-        print(f"fold {cfg['fold']}: macro F1 {metrics['f1_macro']:.4f} (mask {metrics['f1_mask']:.3f}, gender "
-              f"{metrics['f1_gender']:.3f}, age {metrics['f1_age']:.3f}), accuracy {metrics['accuracy']:.4f} -> {fold_dir}")
+        print(f"fold {cfg['fold']}: {format_scores(metrics)} -> {fold_dir}")
     return {**metrics, 'fold_dir': str(fold_dir)}
