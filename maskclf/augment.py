@@ -19,7 +19,8 @@ import ttach
 from .core import HEAD_SIZES, N_CLASSES
 
 # %% auto #0
-__all__ = ['AUG_LEVELS', 'TTA_MODES', 'eval_tfms', 'train_tfms', 'TTAWrapper', 'tta_wrapper', 'mix_targets', 'mix_batch']
+__all__ = ['AUG_LEVELS', 'TTA_MODES', 'eval_tfms', 'train_tfms', 'BatchTfms', 'batch_tfms', 'TTAWrapper', 'tta_wrapper',
+           'mix_targets', 'mix_batch']
 
 # %% ../nbs/04_augment.ipynb #36b11f29
 AUG_LEVELS = ('none', 'light', 'strong')
@@ -61,6 +62,55 @@ def train_tfms(size,  # (height, width) of the model input; an int means square
     if level not in AUG_LEVELS: raise ValueError(f'unknown augmentation level {level!r}: choose one of {AUG_LEVELS}')
     random_part = {'none': [], 'light': _light(), 'strong': _strong()}[level]
     return A.Compose(random_part + _finish(size, mean, std))
+
+# %% ../nbs/04_augment.ipynb #34faa1af
+def _light_batch(strength: float = 1.) -> list:
+    import kornia.augmentation as K  # imported here: kornia costs a second or two, and only the device path needs it
+    s = strength
+    return [K.RandomHorizontalFlip(p=0.5),
+            K.RandomAffine(degrees=10 * s, translate=(0.05 * s, 0.05 * s), scale=(1 - 0.08 * s, 1 + 0.08 * s),
+                           padding_mode='reflection', p=0.7),
+            K.ColorJiggle(brightness=0.2 * s, contrast=0.2 * s, p=0.5)]
+
+def _strong_batch() -> list:
+    # albumentations' OpenCV hue unit is 2 degrees (10 -> 20 degrees); its saturation 25/255 and value 15/255 are
+    # additive, about a 10% factor and a 0.06 shift here; its one-of-two blurs at p=0.2 become two blurs at p=0.1.
+    import kornia.augmentation as K
+    return _light_batch(1.5) + [
+        K.ColorJiggle(brightness=0.06, saturation=0.1, hue=20 / 360, p=0.5),
+        K.RandomGrayscale(p=0.1),
+        K.RandomMotionBlur(kernel_size=(3, 5), angle=180., direction=0.5, border_type='reflect', p=0.1),
+        K.RandomGaussianBlur(kernel_size=(5, 5), sigma=(0.2, 1.2), p=0.1),
+        K.RandomGaussianNoise(std=0.05, p=0.2),
+        K.RandomJPEG(jpeg_quality=(50., 95.), p=0.3),
+        K.RandomErasing(scale=(0.01, 0.09), ratio=(1 / 3, 3.), value=0., p=0.3)]
+
+# %% ../nbs/04_augment.ipynb #a608904d
+class BatchTfms(nn.Module):
+    "A uint8 batch (N,H,W,3) or (N,3,H,W) -> normalised float (N,3,h,w), augmented per sample where it lies."
+    def __init__(self, size, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), level: str = 'none'):
+        super().__init__()
+        if level not in AUG_LEVELS: raise ValueError(f'unknown augmentation level {level!r}: choose one of {AUG_LEVELS}')
+        self.size, self.level, self.mean, self.std = _size(size), level, tuple(mean), tuple(std)
+        self.random = nn.Sequential(*{'none': [], 'light': _light_batch(), 'strong': _strong_batch()}[level])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or 3 not in (x.shape[1], x.shape[-1]):
+            raise ValueError(f'expected an image batch (N,H,W,3) or (N,3,H,W), got shape {tuple(x.shape)}')
+        if x.shape[-1] == 3 and x.shape[1] != 3: x = x.permute(0, 3, 1, 2)  # NHWC -> NCHW, a view (channels_last)
+        x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+        if tuple(x.shape[-2:]) != self.size: x = F.interpolate(x, self.size, mode='bilinear', antialias=True)
+        if len(self.random): x = self.random(x).clamp(0, 1)  # albumentations clips to the uint8 range too
+        mean, std = (torch.tensor(v, device=x.device).view(1, 3, 1, 1) for v in (self.mean, self.std))
+        return (x - mean) / std
+
+def batch_tfms(size,  # (height, width) of the model input; an int means square
+               mean=(0.485, 0.456, 0.406),  # normalisation mean, 0-1 scale (model.data_config['mean'])
+               std=(0.229, 0.224, 0.225),  # normalisation std, 0-1 scale
+               level: str = 'none',  # 'none' (evaluation), 'light' or 'strong': the levels of `train_tfms`
+              ) -> BatchTfms:
+    "`train_tfms`/`eval_tfms` as one batched module run on the batch's device (kornia, per-sample parameters)."
+    return BatchTfms(size, mean, std, level)
 
 # %% ../nbs/04_augment.ipynb #ae5ce9ee
 TTA_MODES = {'none': [], 'hflip': [ttach.HorizontalFlip()],

@@ -25,16 +25,17 @@ from .core import (HEADS, HEAD_SIZES, HEAD_NAMES, N_CLASSES, CLASS_NAMES, UNKNOW
 from .augment import TTA_MODES, tta_wrapper
 
 # %% auto #0
-__all__ = ['DEFAULT_CONFIG', 'CHOICES', 'resolve_config', 'as_list', 'train_targets', 'keep_for_training', 'CropDataset',
-           'seed_tfms_worker', 'balanced_weights', 'make_loader', 'reseed_loader', 'make_optimizer', 'Schedule',
-           'Precision', 'make_precision', 'head_truth', 'score', 'scored_classes', 'selection_keys', 'selection_metric',
-           'not_scored', 'nan_to_none', 'format_scores', 'NonFiniteLossError', 'train_one_epoch', 'predict_probs',
-           'validate', 'dist_info', 'setup_distributed', 'Shard', 'gather_shards', 'unwrap', 'save_checkpoint',
-           'load_checkpoint', 'build_model', 'load_model', 'oof_probs', 'plot_history', 'plot_confusion',
-           'plot_head_confusions', 'plot_class_f1', 'plot_mistakes', 'save_figures', 'describe_scored', 'write_report',
-           'save_submission', 'load_tables', 'crop_size', 'get_pixels', 'fold_dir_for', 'open_fold_dir',
-           'check_resume_config', 'append_history', 'trim_history', 'make_mix', 'make_oof', 'auto_workers', 'run_fold',
-           'fit', 'finish_fold']
+__all__ = ['DEFAULT_CONFIG', 'CHOICES', 'TB_NAMES', 'resolve_config', 'as_list', 'train_targets', 'keep_for_training',
+           'CropDataset', 'seed_tfms_worker', 'dataset_attr', 'balanced_weights', 'make_loader', 'reseed_loader',
+           'make_optimizer', 'Schedule', 'Precision', 'make_precision', 'resolve_augment_on', 'make_dataset',
+           'tensorboard_writer', 'log_epoch', 'speed', 'head_truth', 'score', 'scored_classes', 'selection_keys',
+           'selection_metric', 'not_scored', 'nan_to_none', 'format_scores', 'NonFiniteLossError', 'train_one_epoch',
+           'predict_probs', 'validate', 'dist_info', 'setup_distributed', 'Shard', 'gather_shards', 'unwrap',
+           'save_checkpoint', 'load_checkpoint', 'build_model', 'load_model', 'oof_probs', 'plot_history',
+           'plot_confusion', 'plot_head_confusions', 'plot_class_f1', 'plot_mistakes', 'save_figures',
+           'describe_scored', 'write_report', 'save_submission', 'load_tables', 'crop_size', 'get_pixels',
+           'fold_dir_for', 'open_fold_dir', 'check_resume_config', 'append_history', 'trim_history', 'make_mix',
+           'make_oof', 'auto_workers', 'run_fold', 'fit', 'finish_fold']
 
 # %% ../nbs/07_learn.ipynb #af2b2807
 DEFAULT_CONFIG = dict(
@@ -50,7 +51,10 @@ DEFAULT_CONFIG = dict(
     augment='light', tta='hflip', amp=True, seed=42, num_workers=-1,
     overwrite=False, resume=False,
     age_old_from=EVAL_OLD_FROM, drop_boundary_ages=[], sampler='random', mix='none',
-    arc_s=30.0, arc_m=0.4, focal_gamma=2.0, smoothing=0.0, patience=5, grad_clip=5.0)
+    arc_s=30.0, arc_m=0.4, focal_gamma=2.0, smoothing=0.0, patience=5, grad_clip=5.0,
+    augment_on='auto',            # where training batches are augmented: 'cpu' (albumentations in the loader), 'device'
+                                  # (kornia, batched, uint8 until there), 'auto' (the device on a GPU, else cpu: faster, measured)
+    tensorboard=False)            # also write TensorBoard event files to outputs/<run>/fold<k>/tb/
 
 def resolve_config(cfg: dict | None = None, **overrides) -> dict:
     "`DEFAULT_CONFIG` updated by `cfg` and `overrides`; unknown keys are an error (they are usually typos)."
@@ -65,7 +69,8 @@ def resolve_config(cfg: dict | None = None, **overrides) -> dict:
     return out
 
 CHOICES = dict(head=('multi', 'linear', 'arcface'), optimizer=('sgd', 'adam', 'adamw'), sampler=('random', 'balanced'),
-               scheduler=('cosine', 'onecycle', 'plateau', 'none'), mix=('none', 'cutmix', 'mixup'), tta=tuple(TTA_MODES))
+               scheduler=('cosine', 'onecycle', 'plateau', 'none'), mix=('none', 'cutmix', 'mixup'), tta=tuple(TTA_MODES),
+               augment_on=('auto', 'cpu', 'device'))
 
 def as_list(x) -> list:
     "A list from a list, a tuple, None/'' (empty) or a comma-separated string (handy on the command line)."
@@ -93,13 +98,16 @@ def keep_for_training(df: pd.DataFrame, drop_ages=()) -> np.ndarray:
 
 # %% ../nbs/07_learn.ipynb #d1b52abb
 class CropDataset(Dataset):
-    "Rows `idx` of a crop array (N,H,W,3 uint8) with their targets, through an albumentations pipeline."
-    def __init__(self, pixels, idx, targets: dict, tfms):
-        self.pixels, self.idx, self.tfms = pixels, np.asarray(idx), tfms
+    "Rows `idx` of a crop array (N,H,W,3 uint8) with their targets, through an albumentations pipeline or as uint8."
+    def __init__(self, pixels, idx, targets: dict,
+                 tfms=None,  # albumentations pipeline; None: the crop as a uint8 (H,W,3) tensor
+                 batch_tfms=None):  # what the loop runs on each batch on the device (`maskclf.augment.batch_tfms`)
+        self.pixels, self.idx, self.tfms, self.batch_tfms = pixels, np.asarray(idx), tfms, batch_tfms
         self.targets = {k: np.asarray(v)[self.idx] for k, v in targets.items()}
     def __len__(self): return len(self.idx)
     def __getitem__(self, i):
-        img = self.tfms(image=np.ascontiguousarray(self.pixels[self.idx[i]]))['image']
+        img = np.array(self.pixels[self.idx[i]])  # a copy: the cache is a read-only memmap
+        img = torch.from_numpy(img) if self.tfms is None else self.tfms(image=img)['image']
         return img, {k: int(v[i]) for k, v in self.targets.items()}
 
 def seed_tfms_worker(worker_id: int):
@@ -107,8 +115,12 @@ def seed_tfms_worker(worker_id: int):
     from maskclf.core import seed_worker
     seed_worker(worker_id)
     info = torch.utils.data.get_worker_info()
-    tfms = getattr(info.dataset, 'tfms', None)
+    tfms = dataset_attr(info.dataset, 'tfms')
     if hasattr(tfms, 'set_random_seed'): tfms.set_random_seed(torch.initial_seed() % 2**32)
+
+def dataset_attr(ds: Dataset, name: str):
+    "Attribute `name` of a dataset or of the dataset a `Shard` wraps (None if neither has it)."
+    return getattr(ds, name, getattr(getattr(ds, 'ds', None), name, None))
 
 # %% ../nbs/07_learn.ipynb #dbba2488
 def balanced_weights(targets: dict) -> np.ndarray:
@@ -130,14 +142,16 @@ def make_loader(ds: Dataset, batch_size: int, train: bool, seed: int = 0, num_wo
     return DataLoader(ds, batch_size=batch_size, shuffle=train and smp is None, sampler=smp, generator=gen,
                       drop_last=train and len(ds) > batch_size, num_workers=num_workers,
                       worker_init_fn=seed_tfms_worker if num_workers else None, pin_memory=torch.cuda.is_available(),
-                      persistent_workers=False)
+                      # workers that only read uint8 crops draw nothing random, so they can live across epochs; workers
+                      # running albumentations start afresh each epoch, reseeded, which keeps a resumed run identical
+                      persistent_workers=num_workers > 0 and dataset_attr(ds, 'tfms') is None)
 
 def reseed_loader(loader: DataLoader, seed: int, rank: int = 0):
     "Make the next pass over `loader` depend only on `seed` and `rank` (order, worker seeds, main-process augmentations)."
     s = seed + 100_003 * rank
     loader.generator.manual_seed(s)
     if hasattr(loader.sampler, 'set_epoch'): loader.sampler.set_epoch(seed)
-    tfms = getattr(loader.dataset, 'tfms', None)
+    tfms = dataset_attr(loader.dataset, 'tfms')
     if hasattr(tfms, 'set_random_seed'): tfms.set_random_seed(s)
 
 # %% ../nbs/07_learn.ipynb #e29e22fb
@@ -185,7 +199,12 @@ class Precision:
         return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else nullcontext()
     def to_device(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.ndim == 4 else x
+        channels_last = self.channels_last and x.ndim == 4 and x.is_floating_point()  # not uint8 NHWC batches
+        return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    def inputs(self, x: torch.Tensor, batch_tfms=None) -> torch.Tensor:
+        "A loader batch as model input: on the device, through `batch_tfms` there (uint8 -> normalised float)."
+        x = self.to_device(x)
+        return x if batch_tfms is None else self.to_device(batch_tfms(x))
 
 def make_precision(device=None, amp=True) -> Precision:
     "A `Precision` for `device`: amp True picks bf16 (fp16 where bf16 is unsupported) on CUDA; CPU stays fp32."
@@ -196,7 +215,48 @@ def make_precision(device=None, amp=True) -> Precision:
         bf16 = torch.cuda.is_bf16_supported()
         dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(str(amp).lower(), torch.bfloat16 if bf16 else torch.float16)
     scaler = torch.amp.GradScaler('cuda' if cuda else 'cpu', enabled=dtype == torch.float16)
-    return Precision(device, dtype, scaler, channels_last=cuda)
+    if cuda: torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels once
+    # channels_last on CPU too: oneDNN's NHWC kernels trained tf_efficientnet_lite0 at 128x96 about 1.4x faster per
+    # CPU second (one thread; resnet18 1.07x), and uint8 (N,H,W,3) batches arrive in that layout anyway
+    return Precision(device, dtype, scaler, channels_last=True)
+
+# %% ../nbs/07_learn.ipynb #3655008e
+def resolve_augment_on(setting: str, device) -> str:
+    "'cpu' or 'device' for the config's `augment_on` ('auto': the device path on CUDA only)."
+    if setting not in ('auto', 'cpu', 'device'): raise ValueError(f"augment_on must be 'auto', 'cpu' or 'device', not {setting!r}")
+    return ('device' if get_device(device).type == 'cuda' else 'cpu') if setting == 'auto' else setting
+
+def make_dataset(pixels, idx, targets: dict,
+                 size,  # (height, width) of the model input
+                 data_config: dict,  # the model's `data_config` (its `mean` and `std`)
+                 level: str = 'none',  # augmentation level: 'none' (evaluation), 'light' or 'strong'
+                 on: str = 'cpu',  # 'cpu': albumentations per crop; 'device': uint8 crops, `batch_tfms` per batch
+                ) -> CropDataset:
+    "A `CropDataset` whose crops are augmented at `level` by albumentations in the loader or in batches on the device."
+    from maskclf.augment import train_tfms, batch_tfms
+    mean, std = data_config['mean'], data_config['std']
+    if on == 'device': return CropDataset(pixels, idx, targets, None, batch_tfms(size, mean, std, level))
+    if on != 'cpu': raise ValueError(f"on must be 'cpu' or 'device', not {on!r}")
+    return CropDataset(pixels, idx, targets, train_tfms(size, mean, std, level))  # level 'none' = `eval_tfms`
+
+# %% ../nbs/07_learn.ipynb #b775c5ac
+TB_NAMES = dict(train_loss='loss/train', val_loss='loss/val', lr='lr', img_s='speed/train_img_s', gpu_mem_gb='memory/gpu_gb')
+
+def tensorboard_writer(fold_dir):
+    "A TensorBoard `SummaryWriter` writing to `<fold_dir>/tb/`."
+    from torch.utils.tensorboard import SummaryWriter  # imported only when asked: it loads tensorboard
+    return SummaryWriter(str(Path(fold_dir) / 'tb'))
+
+def log_epoch(writer, row: dict):
+    "One history row as TensorBoard scalars at step `row['epoch']` (losses, lr, F1, accuracy, speed, GPU memory)."
+    for k, v in row.items():
+        name = TB_NAMES.get(k) or (k.replace('_', '/', 1) if k.startswith(('f1_', 'acc')) else None)
+        if name and isinstance(v, (int, float)) and math.isfinite(v): writer.add_scalar(name, v, row['epoch'])
+    writer.flush()
+
+def speed(tr: dict) -> str:
+    "Training images/s, and peak GPU memory where there is a GPU, for the epoch line."
+    return f"{tr['img_s']:.0f} img/s" + (f" {tr['gpu_mem_gb']:.1f} GB GPU" if 'gpu_mem_gb' in tr else '')
 
 # %% ../nbs/07_learn.ipynb #85566704
 def head_truth(labels) -> dict[str, np.ndarray]:
@@ -271,11 +331,13 @@ def _targets_to(y: dict, device) -> dict:
 
 def train_one_epoch(model, loader, loss_fn, optimizer, precision: Precision, schedule: Schedule | None = None,
                     epoch: int = 0, grad_clip: float = 0., mix=None, show: bool = True) -> dict:
-    "Train for one pass over `loader`; returns the mean loss, last learning rate, images and seconds."
+    "Train for one pass over `loader`; returns the mean loss, last learning rate, images, seconds, images/s (GPU memory)."
     model.train(); t0, total, n = time.time(), 0., 0
+    cuda, tfms = precision.device.type == 'cuda', dataset_attr(loader.dataset, 'batch_tfms')
+    if cuda: torch.cuda.reset_peak_memory_stats(precision.device)
     bar = tqdm(loader, desc=f'epoch {epoch} train', leave=False, disable=not show)
     for step, (x, y) in enumerate(bar):
-        x, y = precision.to_device(x), _targets_to(y, precision.device)
+        x, y = precision.inputs(x, tfms), _targets_to(y, precision.device)
         if mix is not None: x, y = mix(x, y)
         with precision.autocast():
             out = model(x, target=y['label'] if y['label'].ndim == 1 else None)
@@ -292,7 +354,10 @@ def train_one_epoch(model, loader, loss_fn, optimizer, precision: Precision, sch
         if schedule is not None: schedule.step_batch()
         total += loss.item() * len(x); n += len(x)
         bar.set_postfix(loss=f'{total / n:.4f}')
-    return dict(train_loss=total / max(n, 1), lr=optimizer.param_groups[0]['lr'], n_train=n, train_seconds=time.time() - t0)
+    secs = time.time() - t0
+    gpu = dict(gpu_mem_gb=torch.cuda.max_memory_allocated(precision.device) / 2**30) if cuda else {}
+    return dict(train_loss=total / max(n, 1), lr=optimizer.param_groups[0]['lr'], n_train=n, train_seconds=secs,
+                img_s=n / max(secs, 1e-9), **gpu)
 
 # %% ../nbs/07_learn.ipynb #0a137279
 @torch.no_grad()
@@ -301,8 +366,9 @@ def predict_probs(model, loader, precision: Precision, tta: str = 'none', loss_f
     from maskclf.model import outputs2probs
     model.eval(); probs, total, n = [], 0., 0
     viewed = model if tta in ('none', None, '') else tta_wrapper(model, tta)  # the one TTA implementation
+    tfms = dataset_attr(loader.dataset, 'batch_tfms')
     for x, y in tqdm(loader, desc='predict', leave=False, disable=not show):
-        x = precision.to_device(x)
+        x = precision.inputs(x, tfms)
         with precision.autocast():
             out = model(x) if loss_fn is not None or viewed is model else None
             p = outputs2probs(out if viewed is model else viewed(x)).float()
@@ -642,11 +708,10 @@ def run_fold(cfg: dict) -> dict:
     seed_everything(cfg['seed'])  # here, not earlier: filling the crop cache (a detector) may draw random numbers
     model = build_model(cfg).to(device)
     if prec.channels_last: model = model.to(memory_format=torch.channels_last)
-    from maskclf.augment import train_tfms, eval_tfms
     from maskclf.loss import make_loss
-    dc, size = unwrap(model).data_config, crop_size(cfg)
-    train_ds = CropDataset(pixels, train_idx, train_targets(df, cfg['age_old_from']), train_tfms(size, dc['mean'], dc['std'], level=cfg['augment']))
-    val_ds = CropDataset(pixels, val_idx, head_truth(df), eval_tfms(size, dc['mean'], dc['std']))
+    dc, size, on = unwrap(model).data_config, crop_size(cfg), resolve_augment_on(cfg['augment_on'], device)
+    train_ds = make_dataset(pixels, train_idx, train_targets(df, cfg['age_old_from']), size, dc, cfg['augment'], on)
+    val_ds = make_dataset(pixels, val_idx, head_truth(df), size, dc, 'none', on)
     nw = auto_workers(cfg['num_workers'], device)
     train_dl = make_loader(train_ds, cfg['batch_size'], True, cfg['seed'], nw, cfg['sampler'], rank, world)
     val_dl = make_loader(Shard(val_ds, rank, world) if world > 1 else val_ds, cfg['batch_size'] * 2, False, cfg['seed'], nw)
@@ -676,6 +741,7 @@ def fit(model, train_dl, val_dl, loss_fn, optimizer, schedule, prec, cfg, fold_d
         best_epoch=-1, main=True) -> pd.DataFrame:
     "The epoch loop with checkpoints, history rows and early stopping; returns the history table."
     mix, hist_path, rank = make_mix(cfg['mix']), fold_dir / 'history.csv', dist_info()[0]
+    tb = tensorboard_writer(fold_dir) if main and cfg.get('tensorboard') else None
     for epoch in range(start, cfg['epochs']):
         if start and epoch - 1 - best_epoch >= cfg['patience']: break  # resumed a run that had already stopped early
         seed_everything(cfg['seed'] + epoch); reseed_loader(train_dl, cfg['seed'] + epoch, rank)
@@ -693,13 +759,15 @@ def fit(model, train_dl, val_dl, loss_fn, optimizer, schedule, prec, cfg, fold_d
             args = (model, optimizer, schedule, prec.scaler, epoch, metric, best, cfg, best_epoch)
             if improved: save_checkpoint(fold_dir / 'best.pt', *args)
             save_checkpoint(fold_dir / 'last.pt', *args)
+            if tb: log_epoch(tb, row)
             print(f"epoch {epoch}: train_loss {tr['train_loss']:.4f} val_loss {va['val_loss']:.4f} f1_macro {va['f1_macro']:.4f} "
-                  f"(mask {va['f1_mask']:.3f} gender {va['f1_gender']:.3f} age {va['f1_age']:.3f}) {tr['train_seconds']:.0f}s"
+                  f"(mask {va['f1_mask']:.3f} gender {va['f1_gender']:.3f} age {va['f1_age']:.3f}) {tr['train_seconds']:.0f}s {speed(tr)}"
                   + (' *' if improved else ''), flush=True)
         _barrier()
         if stale >= cfg['patience']:
             if main: print(f'early stop: no better macro F1 for {stale} epochs')
             break
+    if tb: tb.close()
     return pd.read_csv(hist_path) if main else pd.DataFrame()
 
 # %% ../nbs/07_learn.ipynb #6d9ea7c5
