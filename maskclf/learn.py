@@ -35,7 +35,7 @@ __all__ = ['DEFAULT_CONFIG', 'CHOICES', 'TB_NAMES', 'resolve_config', 'as_list',
            'plot_confusion', 'plot_head_confusions', 'plot_class_f1', 'plot_mistakes', 'save_figures',
            'describe_scored', 'write_report', 'save_submission', 'load_tables', 'crop_size', 'get_pixels',
            'fold_dir_for', 'open_fold_dir', 'check_resume_config', 'append_history', 'trim_history', 'make_mix',
-           'make_oof', 'auto_workers', 'run_fold', 'fit', 'finish_fold']
+           'make_oof', 'auto_workers', 'run_fold', 'fit', 'finish_fold', 'fit_split']
 
 # %% ../nbs/07_learn.ipynb #af2b2807
 DEFAULT_CONFIG = dict(
@@ -808,3 +808,32 @@ def finish_fold(cfg, fold_dir, df, ev, val_idx, pixels, prec, main, history, n_t
         write_report(fold_dir, metrics, figs, cfg, title=f"{cfg['run']} fold {cfg['fold']}")
         print(f"fold {cfg['fold']}: {format_scores(metrics)} -> {fold_dir}")
     return {**metrics, 'fold_dir': str(fold_dir)}
+
+# %% ../nbs/07_learn.ipynb #7d23ecb8
+def fit_split(cfg: dict, # a run configuration (`resolve_config` fills in the rest)
+              pixels: np.ndarray, # crops (N, H, W, 3) uint8 at `crop_size(cfg)`, e.g. from `get_pixels`
+              targets: dict, # per-head targets and `label` (-1 unknown) of all N rows, e.g. `train_targets(df)`
+              train_idx, # rows to train on
+              val_idx, # rows to predict
+              device=None, # torch device; default: CUDA when available
+              show: bool = False, # progress bars
+             ) -> np.ndarray:
+    "Train `cfg`'s recipe on `train_idx` for `epochs` epochs; return (len(val_idx), 18) probabilities (with its TTA)."
+    from maskclf.augment import train_tfms, eval_tfms
+    from maskclf.loss import make_loss
+    cfg = resolve_config(cfg); prec = make_precision(device, cfg['amp'])
+    seed_everything(cfg['seed'])
+    model = build_model(cfg).to(prec.device)
+    dc, size, nw = model.data_config, crop_size(cfg), auto_workers(cfg['num_workers'], prec.device)
+    train_ds = CropDataset(pixels, train_idx, targets, train_tfms(size, dc['mean'], dc['std'], level=cfg['augment']))
+    val_ds = CropDataset(pixels, val_idx, targets, eval_tfms(size, dc['mean'], dc['std']))
+    train_dl = make_loader(train_ds, cfg['batch_size'], True, cfg['seed'], nw, cfg['sampler'])
+    val_dl = make_loader(val_ds, cfg['batch_size'] * 2, False, cfg['seed'], nw)
+    loss_fn = make_loss(cfg['loss'], head=cfg['head'], gamma=cfg['focal_gamma'], smoothing=cfg['smoothing'])
+    optimizer = make_optimizer(model, cfg['optimizer'], cfg['lr'], cfg['weight_decay'], cfg['momentum'])
+    schedule, mix = Schedule(optimizer, cfg['scheduler'], cfg['epochs'], len(train_dl)), make_mix(cfg['mix'])
+    for epoch in range(cfg['epochs']):
+        seed_everything(cfg['seed'] + epoch); reseed_loader(train_dl, cfg['seed'] + epoch)
+        tr = train_one_epoch(model, train_dl, loss_fn, optimizer, prec, schedule, epoch, cfg['grad_clip'], mix, show)
+        schedule.step_epoch(-tr['train_loss'])  # 'plateau' follows the training loss: these rows are not for choosing
+    return predict_probs(model, val_dl, prec, cfg['tta'])[0]

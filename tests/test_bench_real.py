@@ -1,0 +1,26 @@
+"""nbs/bench_real.ipynb: the plain fine-tune and the default recipe are scored on the same folds and the same crops
+(smoke configuration; skipped without ../shared/data/real)."""
+import os
+import pandas as pd, pytest
+
+os.environ.setdefault('NO_ALBUMENTATIONS_UPDATE', '1')
+os.environ['OMP_NUM_THREADS'] = '1'  # one thread in the papermill kernel: the machine is shared
+from maskclf.core import real_data, repo_root
+
+NB = repo_root() / 'nbs' / 'bench_real.ipynb'
+
+
+@pytest.mark.skipif(real_data('masks') is None or real_data('faces') is None, reason='needs ../shared/data/real')
+def test_recipes_share_folds_and_crops(tmp_path, monkeypatch):
+    "Each recipe records a digest of the crops and rows it was given: per task and fold they agree, across folds they differ."
+    import papermill as pm
+    monkeypatch.setenv('IN_TEST', '1'); monkeypatch.setenv('MASKCLF_OUTPUTS', str(tmp_path))
+    pm.execute_notebook(str(NB), str(tmp_path / 'bench_real.ipynb'), parameters=dict(folds=[0, 1], out_name='smoke'),
+                        cwd=str(repo_root()), progress_bar=False, kernel_name='python3')
+    res = pd.read_csv(tmp_path / 'bench' / 'smoke.csv', dtype={'fold': str})
+    runs = res[res.fold != 'pooled'].drop_duplicates(['task', 'fold', 'recipe'])
+    assert set(runs.recipe) == {'default', 'plain'} and set(runs.task) == {'mask', 'face'}
+    assert (runs.groupby(['task', 'fold']).recipe.nunique() == 2).all()
+    assert (runs.groupby(['task', 'fold']).digest.nunique() == 1).all(), runs[['task', 'fold', 'recipe', 'digest']]
+    assert (runs.groupby('task').digest.nunique() == 2).all()  # the digest sees the split: two folds, two digests
+    assert set(res[res.fold == 'pooled'].metric) == {'f1_mask', 'acc_mask', 'f1_gender', 'acc_gender', 'f1_age', 'acc_age'}
