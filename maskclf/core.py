@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #9a789b99
 from __future__ import annotations
-import os, json, random, shutil, time
+import os, json, random, shutil, socket, time
 from contextlib import contextmanager
 from enum import IntEnum
 from pathlib import Path
@@ -15,7 +15,9 @@ import numpy as np
 __all__ = ['UNKNOWN', 'HEADS', 'HEAD_SIZES', 'N_CLASSES', 'MASK_NAMES', 'GENDER_NAMES', 'AGE_NAMES', 'HEAD_NAMES',
            'MASK_FILE_STEMS', 'CLASS_NAMES', 'EVAL_OLD_FROM', 'Mask', 'Gender', 'AgeBand', 'encode', 'decode',
            'encode_known', 'class_name', 'age2band', 'seed_everything', 'seed_worker', 'repo_root', 'outputs_dir',
-           'shared_dir', 'real_data', 'in_test', 'fresh_dir', 'atomic_path', 'save_json', 'code_version', 'get_device']
+           'shared_dir', 'real_data', 'in_test', 'fresh_dir', 'atomic_path', 'save_json', 'process_start',
+           'process_alive', 'FolderLockedError', 'lock_path', 'read_lock', 'lock_is_live', 'acquire_lock',
+           'release_lock', 'folder_lock', 'clean_stale_tmp', 'code_version', 'get_device']
 
 # %% ../nbs/00_core.ipynb #220ddf45
 class Mask(IntEnum):
@@ -127,8 +129,13 @@ def fresh_dir(path, overwrite: bool = False) -> Path:
         if not overwrite:
             raise FileExistsError(f'{path} already holds results. Choose another run name, '
                                   f'or pass overwrite=True to move the old folder aside.')
-        aside = path.with_name(f'{path.name}.old-{time.strftime("%Y%m%d-%H%M%S")}')
-        path.rename(aside)
+        stamp = f'{path.name}.old-{time.strftime("%Y%m%d-%H%M%S")}'
+        for n in range(1000):  # a unique aside name: two overwrites within one second must not collide
+            aside = path.with_name(stamp + (f'-{n}' if n else ''))
+            if aside.exists(): continue
+            try: path.rename(aside); break
+            except OSError:  # another process took that name first
+                if not aside.exists(): raise
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -147,6 +154,87 @@ def save_json(obj, path) -> Path:
     "Write `obj` as indented JSON, atomically."
     with atomic_path(path) as tmp: Path(tmp).write_text(json.dumps(obj, indent=2, default=str) + '\n')
     return Path(path)
+
+# %% ../nbs/00_core.ipynb #6c62a7c2
+def process_start(pid: int) -> str | None:
+    "When process `pid` started (clock ticks since boot, from /proc), or None where that is unknown."
+    try: return Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[19]
+    except (OSError, IndexError): return None
+
+def process_alive(pid: int, start: str | None = None) -> bool:
+    "Whether process `pid` runs on this machine (and, when `start` is known, is the process that started then)."
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: pass  # it exists, under another user
+    try: zombie = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[0] == 'Z'
+    except (OSError, IndexError): zombie = False
+    now = process_start(pid)
+    return not zombie and (start is None or now is None or now == start)
+
+# %% ../nbs/00_core.ipynb #5561ecb6
+class FolderLockedError(RuntimeError):
+    "Another live process holds the lock of a run folder."
+
+def lock_path(folder) -> Path:
+    "The lock file of `folder`: `.<name>.lock` beside it."
+    folder = Path(folder); return folder.with_name(f'.{folder.name}.lock')
+
+def read_lock(folder) -> dict | None:
+    "The holder recorded in `folder`'s lock (pid, host, start, started), {} if unreadable, None if unlocked."
+    try: return json.loads(lock_path(folder).read_text())
+    except FileNotFoundError: return None
+    except (OSError, ValueError): return {}
+
+def lock_is_live(holder: dict) -> bool:
+    "Whether the lock `holder` may still be in use: its process lives, or it is on another host (unknowable)."
+    if not holder or not str(holder.get('pid', '')).isdigit(): return False
+    if holder.get('host') != socket.gethostname(): return True
+    return process_alive(int(holder['pid']), holder.get('start'))
+
+# %% ../nbs/00_core.ipynb #2aec19b9
+def acquire_lock(folder) -> Path:
+    "Take `folder`'s lock for this process, clearing a stale one; refuse, naming the holder, while another lives."
+    lock = lock_path(folder); lock.parent.mkdir(parents=True, exist_ok=True)
+    me = dict(pid=os.getpid(), host=socket.gethostname(), start=process_start(os.getpid()),
+              started=time.strftime('%Y-%m-%d %H:%M:%S %Z'))
+    tmp = lock.with_name(f'{lock.name}.tmp{os.getpid()}'); tmp.write_text(json.dumps(me) + '\n')
+    try:
+        for _ in range(5):
+            try: os.link(tmp, lock); return lock  # atomic: fails while a lock exists
+            except FileExistsError: pass
+            holder = read_lock(folder)
+            if holder is None: continue  # released meanwhile: try again
+            if lock_is_live(holder):
+                raise FolderLockedError(
+                    f"{folder} is in use by process {holder['pid']} on {holder.get('host')} (started "
+                    f"{holder.get('started')}): wait for it to finish or stop it; if that process is gone, delete {lock}.")
+            if read_lock(folder) == holder:  # still the same stale lock: remove it
+                lock.unlink(missing_ok=True)
+                print(f'removed a stale lock on {folder}: its process {holder.get("pid")} is no longer running')
+        raise FolderLockedError(f'{folder}: could not take its lock {lock}; other processes keep taking it')
+    finally: tmp.unlink(missing_ok=True)
+
+def release_lock(folder):
+    "Remove `folder`'s lock if this process holds it."
+    h = read_lock(folder)
+    if h and h.get('pid') == os.getpid() and h.get('host') == socket.gethostname(): lock_path(folder).unlink(missing_ok=True)
+
+@contextmanager
+def folder_lock(folder):
+    "Hold `folder`'s lock for the block (released on exit, also on errors and interrupts)."
+    acquire_lock(folder)
+    try: yield Path(folder)
+    finally: release_lock(folder)
+
+# %% ../nbs/00_core.ipynb #bf8df44a
+def clean_stale_tmp(folder) -> list[Path]:
+    "Delete the temporary files of `atomic_path` in `folder` whose writing process is no longer alive; returns them."
+    gone = []
+    for f in Path(folder).glob('.*.tmp*') if Path(folder).is_dir() else []:
+        pid = f.name.rsplit('.tmp', 1)[1]
+        if pid.isdigit() and not process_alive(int(pid)):
+            f.unlink(missing_ok=True); gone.append(f)
+    return gone
 
 # %% ../nbs/00_core.ipynb #84d75235
 def code_version() -> dict:

@@ -4,7 +4,8 @@
 
 # %% ../nbs/08_infer.ipynb #7f9ac0ea
 from __future__ import annotations
-import json
+import json, warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +15,14 @@ from tqdm.auto import tqdm
 
 from .core import N_CLASSES, CLASS_NAMES, HEADS, HEAD_NAMES, decode, atomic_path, save_json, outputs_dir, get_device
 from .learn import score, head_truth, oof_probs, crop_size, get_pixels, load_model, load_checkpoint, resolve_config, save_submission
-from .data import has_eval
+from .data import has_eval, DataError, raise_problems
 
 # %% auto #0
-__all__ = ['PROB_COLS', 'FOLD_FILES', 'IGNORED_PARAMS', 'probs_frame', 'tta_probs', 'read_photos', 'predict_pixels', 'predict',
-           'ensemble', 'write_submission', 'run_dir', 'fold_status', 'read_config', 'fake_run', 'read_oof',
-           'class_report', 'resolve_data_dir', 'ensemble_run', 'fake_eval_dir', 'run_summary', 'compare_runs',
-           'plot_runs', 'fold_scores', 'plot_fold_scores', 'ensemble_report']
+__all__ = ['PROB_COLS', 'FOLD_FILES', 'IGNORED_PARAMS', 'probs_frame', 'tta_probs', 'read_photos', 'photo_problems',
+           'check_probs', 'predict_pixels', 'predict', 'ensemble', 'write_submission', 'run_dir', 'fold_status',
+           'read_config', 'fake_run', 'read_oof', 'class_report', 'resolve_data_dir', 'read_fold_probs', 'ensemble_run',
+           'fake_eval_dir', 'run_summary', 'compare_runs', 'plot_runs', 'fold_scores', 'plot_fold_scores',
+           'ensemble_report']
 
 # %% ../nbs/08_infer.ipynb #9d6b5eab
 PROB_COLS = [f'p{c}' for c in range(N_CLASSES)]  # probability column per class, in class-code order
@@ -52,6 +54,27 @@ def read_photos(data) -> pd.DataFrame:
     if p.suffix == '.csv': return D.read_labels_csv(p)
     raise D.DataError(f'{p}: expected a competition folder, a labels CSV, or a list of image paths')
 
+def photo_problems(paths, # image files
+                  ) -> dict[str, str]:
+    "path -> what is wrong, for each photo of `paths` that `maskclf.data.image_problem` rejects."
+    from maskclf.data import image_problems
+    paths = [str(p) for p in paths]
+    return {p: why for p, why in zip(paths, image_problems(paths, progress=False)) if why}
+
+def check_probs(probs, # (n, 18) probabilities
+                where, # what holds them (a file, a fold), for the message
+                n: int | None = None, # the number of rows expected, if known
+               ) -> np.ndarray:
+    "`probs` as a float32 array, after checking its shape and that every value is finite; else a `DataError` naming `where`."
+    try: a = np.asarray(probs, np.float32)
+    except (TypeError, ValueError) as e: raise DataError(f'{where}: not an array of probabilities ({e})') from None
+    if a.ndim != 2 or a.shape[1] != N_CLASSES or (n is not None and len(a) != n):
+        raise DataError(f"{where}: expected probabilities of shape ({n if n is not None else 'n'}, {N_CLASSES}), got {a.shape}")
+    bad = np.flatnonzero(~np.isfinite(a).all(1))
+    if len(bad): raise DataError(f'{where}: {len(bad)} of {len(a)} rows hold NaN or infinite probabilities (rows '
+                                 f'{bad[:5].tolist()}{" ..." if len(bad) > 5 else ""}): the model that made them diverged')
+    return a
+
 # %% ../nbs/08_infer.ipynb #f175c739
 @torch.no_grad()
 def predict_pixels(model, pixels, tfms, tta: str = 'hflip', batch_size: int = 64, device=None) -> np.ndarray:
@@ -70,18 +93,30 @@ def predict(checkpoint, # a `best.pt` / `last.pt` written by `maskclf.learn`
             tta: str = 'hflip', # TTA views: 'none', 'hflip', 'hflip+scale' (`maskclf.augment.TTA_MODES`)
             batch_size: int = 64, # images per forward pass
             device=None, # torch device; default CUDA where available
+            on_error: str = 'raise', # unreadable photos: 'raise' one error listing all, or 'skip' them (see `attrs`)
            ) -> pd.DataFrame:
     "Eighteen-class probabilities for every photo of `data` from one checkpoint: `path` + `p0..p17`."
     from maskclf.augment import eval_tfms
+    from maskclf.learn import CheckpointError
+    if on_error not in ('raise', 'skip'): raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
     device = get_device(device)
     ck = load_checkpoint(checkpoint)  # read once: the config and the weights
     cfg = resolve_config(ck['config'])
-    model = load_model(ck, device)
+    try: model = load_model(ck, device)
+    except CheckpointError as e: raise CheckpointError(f'{checkpoint}: {e}') from None
     df = read_photos(data)
-    from maskclf.data import validate; validate(df)  # every unusable photo named at once, before any cropping
-    pixels = get_pixels(df, cfg, device)  # the crops the model was trained on: same size, margin, aspect
-    tfms = eval_tfms(crop_size(cfg), model.data_config['mean'], model.data_config['std'])
-    return probs_frame(df.path, predict_pixels(model, pixels, tfms, tta, batch_size, device))
+    bad = photo_problems(df.path)
+    if bad and on_error == 'raise':
+        raise_problems([f'{p}: {why}' for p, why in bad.items()], f"the {len(df)} photos to predict (on_error='skip' predicts the others)")
+    if bad: warnings.warn(f'predict: skipped {len(bad)} unreadable photo(s), e.g. {next(iter(bad))}; see attrs["skipped"]')
+    df = df[~df.path.astype(str).isin(bad)].reset_index(drop=True)
+    probs = np.zeros((0, N_CLASSES), np.float32)
+    if len(df):
+        pixels = get_pixels(df, cfg, device)  # the crops the model was trained on: same size, margin, aspect
+        tfms = eval_tfms(crop_size(cfg), model.data_config['mean'], model.data_config['std'])
+        probs = check_probs(predict_pixels(model, pixels, tfms, tta, batch_size, device), f'{checkpoint} on {len(df)} photos')
+    out = probs_frame(df.path, probs); out.attrs['skipped'] = bad
+    return out
 
 # %% ../nbs/08_infer.ipynb #8bf0464a
 def ensemble(frames, # prediction tables (`path` + `p0..p17`) or `(n, 18)` arrays
@@ -95,7 +130,8 @@ def ensemble(frames, # prediction tables (`path` + `p0..p17`) or `(n, 18)` array
     for f in tables[1:]:
         if len(f) != len(tables[0]) or not (f.path.to_numpy() == tables[0].path.to_numpy()).all():
             raise ValueError('the prediction tables list different photos (or a different order)')
-    P = np.stack([oof_probs(f) if isinstance(f, pd.DataFrame) else np.asarray(f, np.float32) for f in frames])
+    P = np.stack([check_probs(oof_probs(f) if isinstance(f, pd.DataFrame) else f, f'ensemble input {i} of {len(frames)}')
+                  for i, f in enumerate(frames)])
     w = np.ones(len(P)) if weights is None else np.asarray(weights, float)
     w = (w / w.sum())[:, None, None]
     mean = (P * w).sum(0)
@@ -114,7 +150,7 @@ def write_submission(probs, # prediction table, `(n_eval, 18)` probabilities, or
                      dest, # the csv file to write
                     ) -> pd.DataFrame:
     "Write `ImageID,ans` in `info.csv` order (via `maskclf.learn.save_submission`); returns the submission table."
-    from maskclf.data import read_eval, DataError
+    from maskclf.data import read_eval
     ev = read_eval(data_dir)
     if isinstance(probs, pd.DataFrame):
         idx = pd.Series(np.arange(len(probs)), index=probs.path.astype(str))
@@ -126,6 +162,7 @@ def write_submission(probs, # prediction table, `(n_eval, 18)` probabilities, or
     if a.ndim == 1: a = np.eye(N_CLASSES, dtype=np.float32)[a.astype(int)]  # labels -> one-hot
     if len(a) != len(ev):
         raise DataError(f'{data_dir}: info.csv has {len(ev)} rows but {len(a)} predictions were given')
+    a = check_probs(a, f'the predictions for {dest}', len(ev))  # no NaN becomes an answer
     return pd.read_csv(save_submission(ev, a, dest), dtype={'ImageID': str})
 
 # %% ../nbs/08_infer.ipynb #66599146
@@ -219,6 +256,22 @@ def resolve_data_dir(cfg: dict) -> Path:
     from maskclf.demo import demo_data_dir
     return demo_data_dir()
 
+def read_fold_probs(d, folders, oof: pd.DataFrame) -> list[np.ndarray]:
+    "Each fold's `test_probs.npy`, after checking them and the folds' `oof.csv` rows; one `DataError` names every bad file."
+    problems, tests = [], []
+    for f in map(Path, folders):
+        if not (f / 'test_probs.npy').exists(): continue  # a fold without eval photos (`fold_status` checked n_eval)
+        try: tests.append(check_probs(np.load(f / 'test_probs.npy'), f / 'test_probs.npy'))
+        except (OSError, ValueError, EOFError) as e: problems.append(str(e) if isinstance(e, DataError) else
+                                                                    f'{f / "test_probs.npy"}: unreadable ({e})')
+    for k, g in oof.groupby('fold'):
+        try: check_probs(oof_probs(g), Path(d) / f'fold{k}' / 'oof.csv')
+        except DataError as e: problems.append(str(e))
+    if len({t.shape for t in tests}) > 1:
+        problems.append(f'the folds predict different numbers of eval photos: {sorted({len(t) for t in tests})}')
+    raise_problems(problems, f'{d} (rerun the folds named, or move them aside)')
+    return tests
+
 def ensemble_run(run, # run name under `outputs/` or its folder
                  method: str = 'mean', # how folds combine: 'mean' or 'vote'
                  data_dir=None, # competition folder for the submission; default: the run's own `data_dir`
@@ -234,7 +287,7 @@ def ensemble_run(run, # run name under `outputs/` or its folder
     from maskclf.core import fresh_dir
     d = run_dir(run); st = fold_status(d); cfg = read_config(d)
     ok = st[st.status == 'ok']
-    oof = read_oof(d); tests = [np.load(Path(f) / 'test_probs.npy') for f in ok.folder if (Path(f) / 'test_probs.npy').exists()]
+    oof = read_oof(d); tests = read_fold_probs(d, ok.folder, oof)
     test = ensemble(tests, method) if tests else np.zeros((0, N_CLASSES), np.float32)  # no eval photos (a labels CSV)
     data_dir = Path(data_dir) if data_dir else resolve_data_dir(cfg)
     metrics = dict(run=d.name, method=method, n_folds=len(st), n_folds_ok=len(ok), complete=len(ok) == len(st),

@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_learn.ipynb #3c576714
 from __future__ import annotations
-import base64, io, json, math, os, time, warnings
+import base64, functools, io, json, math, os, pickle, shutil, time, warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,21 +21,22 @@ from tqdm.auto import tqdm
 from .core import (HEADS, HEAD_SIZES, HEAD_NAMES, N_CLASSES, CLASS_NAMES, UNKNOWN, EVAL_OLD_FROM, encode,
                           encode_known,
                           decode, age2band, seed_everything, outputs_dir, fresh_dir, atomic_path, save_json,
-                          get_device, code_version)
+                          get_device, code_version, folder_lock, clean_stale_tmp)
 from .augment import TTA_MODES, tta_wrapper
 
 # %% auto #0
-__all__ = ['DEFAULT_CONFIG', 'CHOICES', 'TB_NAMES', 'resolve_config', 'as_list', 'train_targets', 'keep_for_training',
-           'CropDataset', 'seed_tfms_worker', 'dataset_attr', 'balanced_weights', 'make_loader', 'reseed_loader',
-           'make_optimizer', 'Schedule', 'Precision', 'make_precision', 'resolve_augment_on', 'make_dataset',
-           'tensorboard_writer', 'log_epoch', 'speed', 'head_truth', 'score', 'scored_classes', 'selection_keys',
-           'selection_metric', 'not_scored', 'nan_to_none', 'format_scores', 'NonFiniteLossError', 'train_one_epoch',
-           'predict_probs', 'validate', 'dist_info', 'setup_distributed', 'Shard', 'gather_shards', 'unwrap',
-           'save_checkpoint', 'load_checkpoint', 'build_model', 'load_model', 'oof_probs', 'plot_history',
+__all__ = ['DEFAULT_CONFIG', 'CHOICES', 'TB_NAMES', 'CHECKPOINT_KEYS', 'MODEL_CONFIG_KEYS', 'CHECKPOINT_HELP', 'resolve_config',
+           'as_list', 'train_targets', 'keep_for_training', 'CropDataset', 'seed_tfms_worker', 'dataset_attr',
+           'balanced_weights', 'make_loader', 'reseed_loader', 'make_optimizer', 'Schedule', 'Precision',
+           'make_precision', 'resolve_augment_on', 'make_dataset', 'tensorboard_writer', 'log_epoch', 'speed',
+           'head_truth', 'score', 'scored_classes', 'selection_keys', 'selection_metric', 'not_scored', 'nan_to_none',
+           'format_scores', 'NonFiniteLossError', 'train_one_epoch', 'predict_probs', 'validate', 'check_finite',
+           'dist_info', 'setup_distributed', 'Shard', 'gather_shards', 'unwrap', 'CheckpointError', 'save_checkpoint',
+           'checkpoint_problem', 'load_checkpoint', 'build_model', 'load_model', 'oof_probs', 'plot_history',
            'plot_confusion', 'plot_head_confusions', 'plot_class_f1', 'plot_mistakes', 'save_figures',
            'describe_scored', 'write_report', 'save_submission', 'load_tables', 'crop_size', 'get_pixels',
-           'fold_dir_for', 'open_fold_dir', 'check_resume_config', 'append_history', 'trim_history', 'make_mix',
-           'make_oof', 'auto_workers', 'run_fold', 'fit', 'finish_fold', 'fit_split']
+           'fold_dir_for', 'fold_state', 'open_fold_dir', 'locked_fold', 'check_resume_config', 'append_history',
+           'trim_history', 'make_mix', 'make_oof', 'auto_workers', 'run_fold', 'fit', 'finish_fold', 'fit_split']
 
 # %% ../nbs/07_learn.ipynb #af2b2807
 DEFAULT_CONFIG = dict(
@@ -386,6 +387,18 @@ def validate(model, loader, loss_fn, precision: Precision, tta: str = 'none', sh
     truth = getattr(loader.dataset, 'full_targets', loader.dataset.targets)
     return dict(val_loss=loss, **score(truth, probs), val_seconds=time.time() - t0, probs=probs)
 
+# %% ../nbs/07_learn.ipynb #f3ac13a2
+def check_finite(probs, # (N, 18) probabilities
+                 loss=None, # their mean loss, or None
+                 where: str = 'validation', # what was predicted, for the message
+                ):
+    "Raise `NonFiniteLossError` when the loss or any probability is NaN or infinite."
+    bad = int((~np.isfinite(np.asarray(probs, np.float64))).any(-1).sum()) if len(probs) else 0
+    if bad or (loss is not None and not math.isfinite(loss)):
+        raise NonFiniteLossError(f'{where}: the loss is {loss} and {bad} of {len(probs)} rows of probabilities are not finite, '
+                                 f'so the model has diverged and nothing of it is saved: lower the learning rate, keep '
+                                 f'grad_clip > 0, or train in fp32 (amp=False).')
+
 # %% ../nbs/07_learn.ipynb #c4e1d7af
 def dist_info() -> tuple[int, int, int]:
     "(rank, world size, local rank) from torchrun's environment; (0, 1, 0) otherwise."
@@ -424,11 +437,23 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, 'module') else model
 
 # %% ../nbs/07_learn.ipynb #cfb277b2
+CHECKPOINT_KEYS = ('model', 'config', 'epoch', 'metric', 'best', 'best_epoch', 'optimizer', 'schedule', 'scaler')
+MODEL_CONFIG_KEYS = ('model', 'head', 'arc_s', 'arc_m', 'img_size', 'crop_aspect', 'crop_margin')  # shape the model and crops
+CHECKPOINT_HELP = (f'A maskclf checkpoint is a dict saved by maskclf.learn.save_checkpoint (best.pt, last.pt) with keys '
+                   f'{", ".join(CHECKPOINT_KEYS)}: tensors and plain data only, its config holding at least '
+                   f'{", ".join(MODEL_CONFIG_KEYS)}.')
+
+class CheckpointError(ValueError):
+    "A file is not a usable maskclf checkpoint; the message names it and says what a checkpoint holds."
+
 def save_checkpoint(path, model, optimizer=None, schedule=None, scaler=None, epoch: int = 0,
                     metric: float = float('nan'), best: float = float('nan'), config: dict | None = None,
                     best_epoch: int = -1) -> Path:
-    "Write a checkpoint atomically to `path`."
-    state = dict(model=unwrap(model).state_dict(), epoch=int(epoch), metric=float(metric), best=float(best),
+    "Write a checkpoint atomically to `path`; weights that are not finite are refused."
+    weights = unwrap(model).state_dict()
+    bad = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad: raise NonFiniteLossError(f'not saving {path}: {len(bad)} weight tensors are not finite (e.g. {bad[0]}) at epoch {epoch}')
+    state = dict(model=weights, epoch=int(epoch), metric=float(metric), best=float(best),
                  best_epoch=int(best_epoch),
                  config=json.loads(json.dumps(config or {}, default=str)),
                  optimizer=optimizer.state_dict() if optimizer else None,
@@ -437,9 +462,35 @@ def save_checkpoint(path, model, optimizer=None, schedule=None, scaler=None, epo
     with atomic_path(path) as tmp: torch.save(state, tmp)
     return Path(path)
 
+def checkpoint_problem(ck) -> str | None:
+    "What makes a loaded checkpoint unusable (missing keys, an incomplete or invalid config), or None."
+    if not isinstance(ck, dict): return f'it holds a {type(ck).__name__}, not a dict'
+    missing = [k for k in ('model', 'config', 'epoch') if k not in ck]
+    if missing: return f'it lacks the key(s) {missing} (it has {sorted(map(str, ck))[:10]})'
+    cfg = ck['config']
+    if not isinstance(cfg, dict): return f'its config is a {type(cfg).__name__}, not a dict'
+    lacks = [k for k in MODEL_CONFIG_KEYS if k not in cfg]
+    if lacks: return f'its config lacks {lacks}, which shape the model and its crops'
+    try: resolve_config(cfg)
+    except (KeyError, ValueError) as e: return f'its config is not valid here ({e})'
+    if not isinstance(ck['model'], dict) or not all(isinstance(v, torch.Tensor) for v in ck['model'].values()):
+        return 'its model entry is not a state dict of tensors'
+
 def load_checkpoint(path, device='cpu') -> dict:
-    "Read a checkpoint written by `save_checkpoint` (weights only: no code is unpickled)."
-    return torch.load(path, map_location=device, weights_only=True)
+    "Read and check a checkpoint written by `save_checkpoint` (weights only: no code is unpickled)."
+    path = Path(path)
+    if not path.is_file(): raise FileNotFoundError(f'{path}: no such checkpoint file. {CHECKPOINT_HELP}')
+    try: ck = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:  # weights_only found code (a global), or the bytes are no pickle at all
+        why = ('it holds Python objects other than tensors and plain data, which could run code when loaded, so it is '
+               'refused' if 'global' in str(e).lower() else 'not a readable checkpoint (truncated, damaged or another format)')
+        raise CheckpointError(f'{path}: not a maskclf checkpoint: {why}. {CHECKPOINT_HELP}') from None
+    except Exception as e:
+        raise CheckpointError(f'{path}: not a readable checkpoint (truncated, damaged or another format; '
+                              f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}). {CHECKPOINT_HELP}') from None
+    problem = checkpoint_problem(ck)
+    if problem: raise CheckpointError(f'{path}: not a complete maskclf checkpoint: {problem}. {CHECKPOINT_HELP}')
+    return ck
 
 def build_model(cfg: dict, pretrained=None) -> nn.Module:
     "The model a config describes (`pretrained` overrides the config's weight source)."
@@ -447,11 +498,20 @@ def build_model(cfg: dict, pretrained=None) -> nn.Module:
     return create_model(cfg['model'], head=cfg['head'], pretrained=cfg['pretrained'] if pretrained is None else pretrained,
                         arc_s=cfg['arc_s'], arc_m=cfg['arc_m'])
 
-def load_model(checkpoint, device=None) -> nn.Module:
+def load_model(checkpoint, # a checkpoint file, or the dict `load_checkpoint` returned
+               device=None, # torch device; default CUDA where available
+              ) -> nn.Module:
     "Rebuild a model from a checkpoint (path or dict) using only its saved config; eval mode, on `device`."
+    where = checkpoint if isinstance(checkpoint, (str, Path)) else 'the checkpoint'
     ck = load_checkpoint(checkpoint) if isinstance(checkpoint, (str, Path)) else checkpoint
-    model = build_model(resolve_config(ck['config']), pretrained=False)
-    model.load_state_dict(ck['model'])
+    problem = checkpoint_problem(ck)
+    if problem: raise CheckpointError(f'{where}: not a complete maskclf checkpoint: {problem}. {CHECKPOINT_HELP}')
+    cfg = resolve_config(ck['config'])
+    model = build_model(cfg, pretrained=False)
+    try: model.load_state_dict(ck['model'])
+    except RuntimeError as e:
+        raise CheckpointError(f"{where}: its weights do not fit the model its config describes ({cfg['model']}, head "
+                              f"{cfg['head']}): {str(e).splitlines()[0]} {CHECKPOINT_HELP}") from None
     return model.to(get_device(device)).eval()
 
 # %% ../nbs/07_learn.ipynb #a8543506
@@ -643,15 +703,39 @@ def fold_dir_for(cfg: dict) -> Path:
     "outputs/<run>/fold<k>/ (an absolute `run` is used as the run folder itself)."
     return outputs_dir() / cfg['run'] / f"fold{cfg['fold']}"
 
+def fold_state(d) -> str:
+    "What a fold folder holds: 'new' (nothing), 'failed start' (no checkpoint), 'interrupted' (last.pt, no metrics.json), 'finished'."
+    d = Path(d)
+    if not d.is_dir() or not any(not f.name.startswith('.') for f in d.iterdir()): return 'new'
+    if (d / 'metrics.json').exists(): return 'finished'
+    return 'interrupted' if (d / 'last.pt').exists() else 'failed start'
+
 def open_fold_dir(cfg: dict) -> Path:
-    "Create the fold folder for a new run (refusing reuse unless `overwrite`), or check it for `resume`."
-    d = fold_dir_for(cfg)
-    if cfg['resume']:
-        if not (d / 'last.pt').exists(): raise FileNotFoundError(f'resume=True but {d / "last.pt"} does not exist: run without resume first.')
+    "The fold folder for `cfg`: new, a failed start reused, or an interrupted run to resume; refuses to reuse results."
+    d = fold_dir_for(cfg); clean_stale_tmp(d); state = fold_state(d)  # litter of a killed save goes first
+    if state == 'failed start' and not cfg['overwrite']:  # config/history but no checkpoint: nothing to keep or continue
+        print(f"{d} holds a failed start ({', '.join(sorted(f.name for f in d.iterdir()))}; no checkpoint): reusing it, "
+              f"starting at epoch 0" + (' (there is nothing to resume)' if cfg['resume'] else ''), flush=True)
+        for f in d.iterdir(): shutil.rmtree(f) if f.is_dir() else f.unlink()
         return d
+    if cfg['resume']:
+        if state == 'new': raise FileNotFoundError(f'resume=True but {d / "last.pt"} does not exist: there is nothing to '
+                                                   f'resume; run without resume (-p resume False).')
+        return d
+    if state == 'interrupted' and not cfg['overwrite']:
+        raise FileExistsError(f'{d} holds an interrupted run (last.pt but no metrics.json): -p resume True to continue '
+                              f'it, -p overwrite True to start again (the old folder is moved aside), or -p run NEW_NAME.')
     try: return fresh_dir(d, overwrite=cfg['overwrite'])
     except FileExistsError as e:
         raise FileExistsError(f"{e} (papermill: -p run NEW_NAME, or -p overwrite True; or -p resume True to continue it)") from None
+
+def locked_fold(run):
+    "Decorate `run_fold`: the main process holds the fold folder's lock from before opening it until the run ends or fails."
+    @functools.wraps(run)
+    def locked(cfg: dict, *args, **kwargs):
+        if dist_info()[0] != 0: return run(cfg, *args, **kwargs)
+        with folder_lock(fold_dir_for(resolve_config(cfg))): return run(cfg, *args, **kwargs)
+    return locked
 
 def check_resume_config(saved: dict, cfg: dict):
     "Refuse to resume with a config that changes results (epochs, patience, workers and the flags may change)."
@@ -661,9 +745,10 @@ def check_resume_config(saved: dict, cfg: dict):
 
 # %% ../nbs/07_learn.ipynb #9aa8a0d6
 def append_history(path, row: dict):
-    "Append one epoch's row to history.csv (header on first write)."
+    "Add one epoch's row to history.csv, rewriting it atomically (a kill never leaves half a row)."
     path = Path(path)
-    pd.DataFrame([row]).to_csv(path, mode='a', header=not path.exists(), index=False)
+    h = pd.concat([pd.read_csv(path), pd.DataFrame([row])], ignore_index=True) if path.exists() else pd.DataFrame([row])
+    with atomic_path(path) as tmp: h.to_csv(tmp, index=False)
 
 def trim_history(path, before_epoch: int):
     "Keep only epochs < `before_epoch` in history.csv (used when resuming)."
@@ -689,13 +774,15 @@ def auto_workers(n: int, device: torch.device) -> int:
     return n if n >= 0 else (0 if device.type == 'cpu' else min(8, os.cpu_count() or 1))
 
 # %% ../nbs/07_learn.ipynb #144a14bf
+@locked_fold
 def run_fold(cfg: dict) -> dict:
     "Train and evaluate one fold as `cfg` describes; write outputs/<run>/fold<k>/ and return its metrics."
     cfg = resolve_config(cfg)
     rank, world, device = setup_distributed()
     main = rank == 0
     fold_dir = open_fold_dir(cfg) if main else fold_dir_for(cfg)
-    if main and not cfg['resume']: save_json(cfg, fold_dir / 'config.json')
+    resume = cfg['resume'] and (fold_dir / 'last.pt').exists()  # a failed start runs afresh, even with resume
+    if main and not resume: save_json(cfg, fold_dir / 'config.json')
     # data: the table, its folds, training targets, and the crops (rank 0 fills the cache first)
     df, ev = load_tables(cfg)
     from maskclf.data import validate as check_data; check_data(df, ev, progress=main)  # every data problem at once, before crops or a model
@@ -719,7 +806,7 @@ def run_fold(cfg: dict) -> dict:
     optimizer = make_optimizer(model, cfg['optimizer'], cfg['lr'], cfg['weight_decay'], cfg['momentum'])
     schedule = Schedule(optimizer, cfg['scheduler'], cfg['epochs'], len(train_dl))
     start, best, best_epoch = 0, -math.inf, -1
-    if cfg['resume']:
+    if resume:
         ck = load_checkpoint(fold_dir / 'last.pt', device)
         check_resume_config(ck['config'], cfg)
         model.load_state_dict(ck['model']); optimizer.load_state_dict(ck['optimizer']); schedule.load_state_dict(ck['schedule'])
@@ -748,6 +835,7 @@ def fit(model, train_dl, val_dl, loss_fn, optimizer, schedule, prec, cfg, fold_d
         tr = train_one_epoch(model, train_dl, loss_fn, optimizer, prec, schedule, epoch=epoch, grad_clip=cfg['grad_clip'],
                              mix=mix, show=main)
         va = validate(unwrap(model), val_dl, loss_fn, prec, show=False)
+        check_finite(va['probs'], va['val_loss'], f'validation at epoch {epoch} (lr={optimizer.param_groups[0]["lr"]:.3g})')
         metric = selection_metric(va, fallback=-va['val_loss'])  # f1_macro; the scored heads' mean on partial labels
         schedule.step_epoch(metric)
         row = dict(epoch=epoch, **tr, **{k: v for k, v in va.items() if k != 'probs'})
@@ -784,6 +872,7 @@ def finish_fold(cfg, fold_dir, df, ev, val_idx, pixels, prec, main, history, n_t
     val_ds = CropDataset(pixels, val_idx, head_truth(df), tf)
     val_dl = make_loader(Shard(val_ds, rank, world) if world > 1 else val_ds, cfg['batch_size'] * 2, False, num_workers=0)
     va = validate(model, val_dl, None, prec, tta=cfg['tta'])
+    check_finite(va['probs'], None, f"{fold_dir / 'best.pt'} on the validation photos")
     test_probs = None
     if ev is not None and len(ev):
         ev_pix = get_pixels(ev, cfg, prec.device)
@@ -791,6 +880,7 @@ def finish_fold(cfg, fold_dir, df, ev, val_idx, pixels, prec, main, history, n_t
         ev_ds = CropDataset(ev_pix, np.arange(len(ev)), none, tf)
         ev_dl = make_loader(Shard(ev_ds, rank, world) if world > 1 else ev_ds, cfg['batch_size'] * 2, False, num_workers=0)
         test_probs, _ = gather_shards(predict_probs(model, ev_dl, prec, cfg['tta'])[0], None, len(ev) if world > 1 else None)
+        check_finite(test_probs, None, f"{fold_dir / 'best.pt'} on the eval photos")
     metrics = {**{k: v for k, v in va.items() if k not in ('probs', 'val_loss', 'val_seconds')},
                'best_epoch': ck['epoch'], 'epochs_run': int(len(history)), 'n_train_rows': int(n_train),
                'n_val': int(len(val_idx)), 'n_eval': int(len(ev)) if ev is not None else 0, 'tta': cfg['tta'],

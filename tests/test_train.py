@@ -18,9 +18,15 @@ NB = repo_root() / 'nbs' / 'train.ipynb'
 FOLD_FILES = ['config.json', 'history.csv', 'metrics.json', 'oof.csv', 'test_probs.npy', 'submission.csv', 'best.pt',
               'last.pt', 'report.html', 'learning_curves.png', 'confusion_18.png', 'confusion_heads.png',
               'class_f1.png', 'mistakes.png']
-# Demo macro-F1 floors, measured on this code with margin (chance on 18 classes is about 0.056):
-FLOOR_DEFAULT = 0.30  # default config, fold 4, fresh outputs: measured 0.520 (img 128, 6 epochs, TTA hflip)
-FLOOR_SMALL = 0.10  # FLOOR_CFG on the 12-person demo, fold 0 (21 photos): measured 0.173 (accuracy 0.43, mask F1 0.77)
+# Demo floors. Scores differ between machines: the CPU, the thread count and library versions change the float
+# arithmetic, and a few validation photos turn that into large swings. So each floor sits below the lowest score
+# measured over several seeds and 1 or 2 threads (README, "Scores differ between machines"); chance on 18 classes
+# is about 0.056. Measured as run_fold(config, seed=s) under torch.set_num_threads(t), 2-core CPU, shared:
+FLOOR_DEFAULT = 0.30  # default config, fold 4: 0.490-0.631 here (seeds 0, 1, 42; 1 thread), 0.520 and 0.449 (seed 42)
+#   on two other machines
+FLOOR_SMALL = 0.04  # FLOOR_CFG on the 12-person demo, fold 0 (21 photos): macro F1 0.064-0.167
+#   over seeds 42, 0, 1, 2, 3 (1 thread) and 42, 0 (2 threads); a model that predicts one class scores about 0.02
+FLOOR_SMALL_MASK = 0.45  # the same runs' mask F1, the stable signal: 0.625-0.832; all-'wear' scores 0.28
 TINY = dict(img_size=48, epochs=2, batch_size=8, pretrained=False, tta='none', fold=0, n_folds=5)
 
 
@@ -148,10 +154,10 @@ def test_multihead_partial_labels_real(outputs):
 FLOOR_CFG = dict(img_size=64, epochs=6, batch_size=8, pretrained=True, tta='none', fold=0)
 
 def test_demo_f1_floor_small(outputs):
-    "A short pretrained run on the 12-person demo clears a measured floor (measured: see FLOOR_SMALL)."
+    "A short pretrained run on the 12-person demo clears measured floors (see FLOOR_SMALL, FLOOR_SMALL_MASK)."
     r = run_fold(dict(FLOOR_CFG, data_dir=outputs[1], run='floor'))
     print('small demo floor run:', {k: round(r[k], 4) for k in ('f1_macro', 'f1_mask', 'f1_gender', 'f1_age')})
-    assert r['f1_macro'] >= FLOOR_SMALL, r
+    assert r['f1_macro'] >= FLOOR_SMALL and r['f1_mask'] >= FLOOR_SMALL_MASK, r
 
 
 @pytest.mark.skipif(bool(os.environ.get('MASKCLF_FAST')), reason='MASKCLF_FAST=1 skips the full default config (~1.5 min idle)')
