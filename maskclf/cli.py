@@ -12,8 +12,8 @@ import pandas as pd
 from .core import repo_root, outputs_dir
 
 # %% auto #0
-__all__ = ['parse_value', 'parse_params', 'gpu_slots', 'run_notebook', 'log_tail', 'notebook_path', 'run_folds', 'run_ensemble',
-           'train_fold', 'main']
+__all__ = ['PATH_PARAMS', 'parse_value', 'parse_params', 'absolute_paths', 'gpu_slots', 'run_notebook', 'log_tail',
+           'notebook_path', 'run_folds', 'run_ensemble', 'train_fold', 'main']
 
 # %% ../nbs/09_cli.ipynb #a08fd1a3
 def parse_value(text: str):
@@ -24,8 +24,24 @@ def parse_value(text: str):
     except ValueError: return text
 
 def parse_params(pairs) -> dict:
-    "`[[key, value], ...]` from repeated `-p key value` options, as a parameter dict."
-    return {k.replace('-', '_'): parse_value(v) for k, v in (pairs or [])}
+    "`[[key, value], ...]` from repeated `-p key value` options, as a parameter dict (relative paths made absolute)."
+    return absolute_paths({k.replace('-', '_'): parse_value(v) for k, v in (pairs or [])})
+
+PATH_PARAMS = ('data_dir', 'extra_data', 'boxes_csv')  # parameters that hold paths (extra_data: a list)
+
+def absolute_paths(params: dict, # parameters as parsed
+                   cwd=None, # the folder relative paths mean; default the current one
+                  ) -> dict:
+    "`params` with the relative paths of `PATH_PARAMS`, and a `pretrained` weights file, made absolute."
+    base = Path(cwd or Path.cwd())  # papermill runs the folds in nbs/, where the user's relative paths mean nothing
+    fix = lambda v: os.path.abspath(base / v) if isinstance(v, str) and v and not Path(v).is_absolute() else v
+    out = dict(params)
+    for k in set(PATH_PARAMS) & set(out):
+        v = out[k].split(',') if k == 'extra_data' and isinstance(out[k], str) and out[k] else out[k]
+        out[k] = [fix(x.strip() if isinstance(x, str) else x) for x in v] if isinstance(v, list) else fix(v)
+    w = out.get('pretrained')
+    if isinstance(w, str) and (base / w).is_file(): out['pretrained'] = fix(w)
+    return out
 
 # %% ../nbs/09_cli.ipynb #d860729b
 def gpu_slots() -> list:
