@@ -1,8 +1,6 @@
 "The demo data and the EDA notebook, end to end."
-import json, os
+import json
 from pathlib import Path
-
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,6 +1,6 @@
 """The GPU input path, run on CPU tensors: batched augmentation on the device against the albumentations path,
 a fold trained from uint8 batches, TensorBoard files, and the rows of the training benchmark. CPU, small images."""
-import math, os, warnings
+import math, os
 
 import numpy as np, pandas as pd, pytest, torch
 
@@ -84,17 +84,6 @@ def test_device_path_is_deterministic(workers):
             run.append(train_one_epoch(net, dl, make_loss('focal', head='multi'), opt, make_precision('cpu'), show=False)['train_loss'])
         losses.append(run)
     assert losses[0] == losses[1] and math.isfinite(losses[0][0])
-
-
-@pytest.fixture(scope='module')
-def outputs(tmp_path_factory):
-    "A temporary MASKCLF_OUTPUTS holding a small demo set (10 people); restored afterwards."
-    old = os.environ.get('MASKCLF_OUTPUTS')
-    d = tmp_path_factory.mktemp('outputs'); os.environ['MASKCLF_OUTPUTS'] = str(d)
-    from maskclf.demo import demo_data_dir
-    yield d, str(demo_data_dir(n_people=10))
-    if old is None: os.environ.pop('MASKCLF_OUTPUTS')
-    else: os.environ['MASKCLF_OUTPUTS'] = old
 
 
 def test_uint8_fold_with_tensorboard(outputs, capsys):

@@ -1,6 +1,5 @@
 """Inference, submissions, the all-folds command and the two-process DDP smoke run (CPU, tiny settings)."""
-import json, os, shutil, subprocess, sys, uuid, warnings
-from pathlib import Path
+import json, os, shutil, subprocess, sys, uuid
 
 import numpy as np
 import pandas as pd
@@ -16,13 +15,6 @@ TINY = dict(epochs=1, img_size=32, batch_size=32, pretrained=False, amp=False, n
 
 def tiny_args(extra=None) -> list:
     return [a for k, v in {**TINY, **(extra or {})}.items() for a in ('-p', k, json.dumps(v) if not isinstance(v, str) else v)]
-
-
-@pytest.fixture(autouse=True)
-def strict_albumentations():
-    with warnings.catch_warnings():
-        warnings.filterwarnings('error', module='albumentations')
-        yield
 
 
 @pytest.fixture(scope='module')

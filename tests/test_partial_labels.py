@@ -2,7 +2,7 @@
 (`nbs/train.ipynb`), `maskclf folds` and `nbs/ensemble.ipynb` to complete folders, and every score averages only over
 the heads and classes present in the truth. The CSVs are cut from the demo data (always) and from the real photos of
 `shared/data/real` (when present). CPU, tiny settings: 32x24 crops, one epoch, random weights, a few dozen photos."""
-import json, os, shutil, subprocess, sys, warnings
+import json, os, subprocess, sys
 from pathlib import Path
 
 import numpy as np, pandas as pd, pytest
@@ -16,23 +16,6 @@ TINY = dict(epochs=1, img_size=32, batch_size=16, pretrained=False, amp=False, n
 FIGURES = ['learning_curves.png', 'confusion_18.png', 'confusion_heads.png', 'class_f1.png', 'mistakes.png']
 FOLD_FILES = ['config.json', 'history.csv', 'metrics.json', 'oof.csv', 'best.pt', 'last.pt', 'report.html', *FIGURES]
 KEEP = {'mask': ('mask',), 'age_gender': ('gender', 'age')}  # the heads each partial CSV keeps
-
-
-@pytest.fixture(autouse=True)
-def strict_albumentations():
-    with warnings.catch_warnings():
-        warnings.filterwarnings('error', module='albumentations')
-        yield
-
-
-@pytest.fixture(scope='module')
-def outputs(tmp_path_factory):
-    "A temporary MASKCLF_OUTPUTS (runs, crop caches, a 10-person demo set) for this module; restored afterwards."
-    old = os.environ.get('MASKCLF_OUTPUTS')
-    d = tmp_path_factory.mktemp('outputs'); os.environ['MASKCLF_OUTPUTS'] = str(d)
-    yield d
-    if old is None: os.environ.pop('MASKCLF_OUTPUTS')
-    else: os.environ['MASKCLF_OUTPUTS'] = old
 
 
 def photos(source: str) -> pd.DataFrame:
@@ -82,23 +65,23 @@ def check_fold(fold_dir: Path, keep):
 
 
 @pytest.mark.parametrize('source,kind', [('demo', 'age_gender'), ('faces', 'age_gender'), ('masks', 'mask')])
-def test_partial_fold_papermill(outputs, source, kind):
+def test_partial_fold_papermill(outputs_root, source, kind):
     "One papermill fold of nbs/train.ipynb on an age/gender-only or a mask-only (real, with boxes) labels CSV."
     import papermill as pm
-    csv = partial_csv(photos(source), KEEP[kind], outputs / f'csv_{source}_{kind}' / 'labels.csv')
+    csv = partial_csv(photos(source), KEEP[kind], outputs_root / f'csv_{source}_{kind}' / 'labels.csv')
     run_name = f'partial_{source}_{kind}'
-    pm.execute_notebook(str(NB), str(outputs / f'{run_name}.ipynb'), parameters=dict(TINY, data_dir=str(csv), run=run_name),
+    pm.execute_notebook(str(NB), str(outputs_root / f'{run_name}.ipynb'), parameters=dict(TINY, data_dir=str(csv), run=run_name),
                         cwd=str(repo_root()), progress_bar=False, kernel_name='python3')
-    check_fold(outputs / run_name / 'fold0', KEEP[kind])
+    check_fold(outputs_root / run_name / 'fold0', KEEP[kind])
 
 
-def test_mask_only_folds_and_ensemble(outputs):
+def test_mask_only_folds_and_ensemble(outputs_root):
     "`maskclf folds` on a mask-only CSV: both folds through nbs/train.ipynb, then nbs/ensemble.ipynb, all complete."
-    csv = partial_csv(photos('demo'), KEEP['mask'], outputs / 'csv_demo_mask' / 'labels.csv')
+    csv = partial_csv(photos('demo'), KEEP['mask'], outputs_root / 'csv_demo_mask' / 'labels.csv')
     args = [a for k, v in TINY.items() if k != 'n_folds' for a in ('-p', k, json.dumps(v) if not isinstance(v, str) else v)]
     run([sys.executable, '-m', 'maskclf.cli', 'folds', '--run', 'mask_only', '--n-folds', '2', '-p', 'data_dir', str(csv),
          *args], timeout=600)
-    rd = outputs / 'mask_only'
+    rd = outputs_root / 'mask_only'
     for k in (0, 1): check_fold(rd / f'fold{k}', KEEP['mask'])
     m = json.loads((rd / 'ensemble' / 'metrics.json').read_text())
     assert m['complete'] and m['n_folds_ok'] == 2 and m['n_oof'] == 56

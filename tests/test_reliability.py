@@ -2,7 +2,7 @@
 ensemble input checks, no lasting litter, and a bounded kill test (SIGKILL a tiny run at several points, resume it,
 compare with an uninterrupted run). CPU, 32-pixel crops, random weights, 2 epochs: 59 s of CPU time in all (measured
 with /usr/bin/time, subprocesses included); 9.6 min of wall time on a 2-core machine shared at load 13-20."""
-import json, os, signal, socket, subprocess, sys, time, warnings
+import json, os, signal, socket, subprocess, sys
 from pathlib import Path
 
 import numpy as np, pandas as pd, pytest, torch
@@ -20,25 +20,6 @@ TINY = dict(img_size=32, epochs=2, batch_size=16, pretrained=False, tta='none', 
 DIVERGE = dict(batch_size=64, optimizer='sgd', lr=1e30, grad_clip=0, scheduler='none')  # one step per epoch, blows up
 NO_NAN_FILES = ('best.pt', 'last.pt', 'oof.csv', 'test_probs.npy', 'submission.csv', 'metrics.json')
 TIMING = ('seconds', 'per_s', 'code', 'throughput')  # history/metrics entries that measure time, not results
-
-
-@pytest.fixture(autouse=True)
-def strict_albumentations():
-    with warnings.catch_warnings():
-        warnings.filterwarnings('error', module='albumentations')
-        yield
-
-
-@pytest.fixture(scope='module')
-def outputs(tmp_path_factory):
-    "A temporary MASKCLF_OUTPUTS with the 12-person demo set; restored afterwards."
-    old = os.environ.get('MASKCLF_OUTPUTS')
-    d = tmp_path_factory.mktemp('outputs'); os.environ['MASKCLF_OUTPUTS'] = str(d)
-    from maskclf.demo import demo_data_dir
-    data = str(demo_data_dir(n_people=12))
-    yield d, data
-    if old is None: os.environ.pop('MASKCLF_OUTPUTS')
-    else: os.environ['MASKCLF_OUTPUTS'] = old
 
 
 @pytest.fixture(scope='module')

@@ -1,7 +1,6 @@
 """End-to-end tests of training: the papermill fold run, refusal to reuse a folder, NaN stop, resume,
 partial-label multi-head training on real photos, and the demo F1 floor. CPU, small images."""
-import ast, json, math, os, warnings
-from pathlib import Path
+import ast, json, os
 
 import numpy as np, pandas as pd, pytest, torch
 
@@ -28,26 +27,6 @@ FLOOR_SMALL = 0.04  # FLOOR_CFG on the 12-person demo, fold 0 (21 photos): macro
 #   over seeds 42, 0, 1, 2, 3 (1 thread) and 42, 0 (2 threads); a model that predicts one class scores about 0.02
 FLOOR_SMALL_MASK = 0.45  # the same runs' mask F1, the stable signal: 0.625-0.832; all-'wear' scores 0.28
 TINY = dict(img_size=48, epochs=2, batch_size=8, pretrained=False, tta='none', fold=0, n_folds=5)
-
-
-@pytest.fixture(autouse=True)
-def strict_albumentations():
-    "Albumentations warnings (deprecated arguments etc.) fail the tests."
-    with warnings.catch_warnings():
-        warnings.filterwarnings('error', module='albumentations')
-        yield
-
-
-@pytest.fixture(scope='module')
-def outputs(tmp_path_factory):
-    "A temporary MASKCLF_OUTPUTS holding a small demo set (12 people); restored afterwards."
-    old = os.environ.get('MASKCLF_OUTPUTS')
-    d = tmp_path_factory.mktemp('outputs'); os.environ['MASKCLF_OUTPUTS'] = str(d)
-    from maskclf.demo import demo_data_dir
-    data = demo_data_dir(n_people=12)
-    yield d, str(data)
-    if old is None: os.environ.pop('MASKCLF_OUTPUTS')
-    else: os.environ['MASKCLF_OUTPUTS'] = old
 
 
 def test_parameters_match_defaults():

@@ -1,7 +1,7 @@
 """Bad input is found before any work, all at once: broken and tiny photos, 16-bit grey PNGs, header-only CSVs,
 contradictory labels for one person, duplicates; and `run_fold` stops on them before it crops anything. Fast: tiny
 files only, no model is trained."""
-import os, time
+import time
 from pathlib import Path
 
 import numpy as np, pandas as pd, pytest
