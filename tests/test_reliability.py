@@ -19,7 +19,7 @@ TINY = dict(img_size=32, epochs=2, batch_size=16, pretrained=False, tta='none', 
             num_workers=0)
 DIVERGE = dict(batch_size=64, optimizer='sgd', lr=1e30, grad_clip=0, scheduler='none')  # one step per epoch, blows up
 NO_NAN_FILES = ('best.pt', 'last.pt', 'oof.csv', 'test_probs.npy', 'submission.csv', 'metrics.json')
-TIMING = ('seconds', 'per_s', 'code', 'throughput')  # history/metrics entries that measure time, not results
+TIMING = ('seconds', 'per_s', 'img_s', 'gpu_mem', 'code', 'throughput')  # history/metrics entries that measure time or memory, not results
 
 
 @pytest.fixture(scope='module')

@@ -153,6 +153,6 @@ def test_predict_stops_before_cropping(tmp_path, outputs):
     (tmp_path / 'cut.jpg').write_bytes(files[0].read_bytes()[:-50]); files.append(tmp_path / 'cut.jpg')
     with pytest.raises(DataError) as e: predict(ck, files, device='cpu')
     msg = str(e.value)
-    assert msg.startswith('3 problem(s) in 4 photos'), msg
+    assert msg.startswith('3 problem(s) in the 4 photos to predict'), msg
     for s in ['tiny.png: 20x300 pixels', 'gone.jpg: file missing', 'cut.jpg: cannot decode image']: assert s in msg, msg
     assert not list(outputs.glob('cache/crops-*'))
