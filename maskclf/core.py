@@ -16,8 +16,8 @@ __all__ = ['UNKNOWN', 'HEADS', 'HEAD_SIZES', 'N_CLASSES', 'MASK_NAMES', 'GENDER_
            'MASK_FILE_STEMS', 'CLASS_NAMES', 'EVAL_OLD_FROM', 'Mask', 'Gender', 'AgeBand', 'encode', 'decode',
            'encode_known', 'class_name', 'age2band', 'seed_everything', 'seed_worker', 'repo_root', 'outputs_dir',
            'shared_dir', 'real_data', 'in_test', 'fresh_dir', 'atomic_path', 'save_json', 'process_start',
-           'process_alive', 'FolderLockedError', 'lock_path', 'read_lock', 'lock_is_live', 'acquire_lock',
-           'release_lock', 'folder_lock', 'clean_stale_tmp', 'code_version', 'get_device']
+           'process_alive', 'clean_stale_tmp', 'FolderLockedError', 'lock_path', 'read_lock', 'lock_is_live',
+           'acquire_lock', 'release_lock', 'folder_lock', 'code_version', 'get_device']
 
 # %% ../nbs/00_core.ipynb #220ddf45
 class Mask(IntEnum):
@@ -171,6 +171,16 @@ def process_alive(pid: int, start: str | None = None) -> bool:
     now = process_start(pid)
     return not zombie and (start is None or now is None or now == start)
 
+# %% ../nbs/00_core.ipynb #bf8df44a
+def clean_stale_tmp(folder) -> list[Path]:
+    "Delete the temporary files of `atomic_path` in `folder` whose writing process is no longer alive; returns them."
+    gone = []
+    for f in Path(folder).glob('.*.tmp*') if Path(folder).is_dir() else []:
+        pid = f.name.rsplit('.tmp', 1)[1]
+        if pid.isdigit() and not process_alive(int(pid)):
+            f.unlink(missing_ok=True); gone.append(f)
+    return gone
+
 # %% ../nbs/00_core.ipynb #5561ecb6
 class FolderLockedError(RuntimeError):
     "Another live process holds the lock of a run folder."
@@ -195,6 +205,7 @@ def lock_is_live(holder: dict) -> bool:
 def acquire_lock(folder) -> Path:
     "Take `folder`'s lock for this process, clearing a stale one; refuse, naming the holder, while another lives."
     lock = lock_path(folder); lock.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_tmp(lock.parent)  # a lock attempt killed between its two steps leaves its temporary file
     me = dict(pid=os.getpid(), host=socket.gethostname(), start=process_start(os.getpid()),
               started=time.strftime('%Y-%m-%d %H:%M:%S %Z'))
     tmp = lock.with_name(f'{lock.name}.tmp{os.getpid()}'); tmp.write_text(json.dumps(me) + '\n')
@@ -225,16 +236,6 @@ def folder_lock(folder):
     acquire_lock(folder)
     try: yield Path(folder)
     finally: release_lock(folder)
-
-# %% ../nbs/00_core.ipynb #bf8df44a
-def clean_stale_tmp(folder) -> list[Path]:
-    "Delete the temporary files of `atomic_path` in `folder` whose writing process is no longer alive; returns them."
-    gone = []
-    for f in Path(folder).glob('.*.tmp*') if Path(folder).is_dir() else []:
-        pid = f.name.rsplit('.tmp', 1)[1]
-        if pid.isdigit() and not process_alive(int(pid)):
-            f.unlink(missing_ok=True); gone.append(f)
-    return gone
 
 # %% ../nbs/00_core.ipynb #84d75235
 def code_version() -> dict:
