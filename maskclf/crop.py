@@ -480,7 +480,8 @@ def _boxes_of(df: pd.DataFrame, columns) -> list | None:
 def cache_key(df: pd.DataFrame, size, margin, cfg: DetectorConfig = DETECTOR) -> str:
     "Hash of everything that changes the crops of a photo table (size is (height, width); its aspect is the crop's)."
     person = df['person'].astype(object).where(df['person'].notna(), None).tolist() if 'person' in df else None
-    boxes = [b for b in (_boxes_of(df, BOX), _boxes_of(df, OVERRIDE)) if b is not None]  # absent: the key of a table without
+    # named, so that given and override boxes never share a key; absent kinds leave the key of a table without boxes
+    boxes = [{k: b} for k, b in (('given', _boxes_of(df, BOX)), ('override', _boxes_of(df, OVERRIDE))) if b is not None]
     return config_key([str(p) for p in df.path], [file_stamp(p) for p in df.path], person, list(size),
                       float(margin), float(size[1] / size[0]), asdict(cfg), CROP_VERSION, *boxes)
 

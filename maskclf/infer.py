@@ -184,7 +184,8 @@ def fold_status(run, n_folds: int | None = None) -> pd.DataFrame:
     for k in range(n_folds):
         p = found.get(k, d / f'fold{k}'); log = d / 'logs' / f'fold{k}.log'
         lacks = [f for f in FOLD_FILES if not (p / f).exists() and not (f == 'test_probs.npy' and _no_eval(p))]
-        status = 'missing' if not p.exists() else f'failed: no {", ".join(lacks)}' if lacks else 'ok'
+        status = ('missing' if not p.exists() else f'failed: no {", ".join(lacks)}' if lacks else
+                  'failed: interrupted (resume it)' if (p / 'last.pt').exists() and not (p / 'metrics.json').exists() else 'ok')
         rows.append(dict(fold=k, status=status, folder=str(p), log=str(log) if log.exists() else ''))
     return pd.DataFrame(rows, columns=['fold', 'status', 'folder', 'log'])
 

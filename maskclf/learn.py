@@ -151,6 +151,10 @@ def reseed_loader(loader: DataLoader, seed: int, rank: int = 0):
     "Make the next pass over `loader` depend only on `seed` and `rank` (order, worker seeds, main-process augmentations)."
     s = seed + 100_003 * rank
     loader.generator.manual_seed(s)
+    if loader.persistent_workers and getattr(loader, '_iterator', None) is not None:
+        # a new iterator draws its workers' base seed from the generator before it shuffles; a persistent one is reused
+        # and draws nothing, so draw it here: the order then depends on `seed` alone, in a resumed run too
+        torch.empty((), dtype=torch.int64).random_(generator=loader.generator)
     if hasattr(loader.sampler, 'set_epoch'): loader.sampler.set_epoch(seed)
     tfms = dataset_attr(loader.dataset, 'tfms')
     if hasattr(tfms, 'set_random_seed'): tfms.set_random_seed(s)
@@ -721,13 +725,15 @@ def open_fold_dir(cfg: dict) -> Path:
     if cfg['resume']:
         if state == 'new': raise FileNotFoundError(f'resume=True but {d / "last.pt"} does not exist: there is nothing to '
                                                    f'resume; run without resume (-p resume False).')
+        if state == 'finished': raise FileExistsError(f'{d} holds a finished run (metrics.json): there is nothing to resume; '
+                                                      f'-p run NEW_NAME for a new run, or -p overwrite True to start again.')
         return d
     if state == 'interrupted' and not cfg['overwrite']:
         raise FileExistsError(f'{d} holds an interrupted run (last.pt but no metrics.json): -p resume True to continue '
                               f'it, -p overwrite True to start again (the old folder is moved aside), or -p run NEW_NAME.')
     try: return fresh_dir(d, overwrite=cfg['overwrite'])
     except FileExistsError as e:
-        raise FileExistsError(f"{e} (papermill: -p run NEW_NAME, or -p overwrite True; or -p resume True to continue it)") from None
+        raise FileExistsError(f"{e} (papermill: -p run NEW_NAME, or -p overwrite True)") from None
 
 def locked_fold(run):
     "Decorate `run_fold`: the main process holds the fold folder's lock from before opening it until the run ends or fails."
@@ -739,7 +745,8 @@ def locked_fold(run):
 
 def check_resume_config(saved: dict, cfg: dict):
     "Refuse to resume with a config that changes results (epochs, patience, workers and the flags may change)."
-    free = {'resume', 'overwrite', 'epochs', 'patience', 'num_workers'}
+    free = {'resume', 'overwrite', 'epochs', 'patience', 'num_workers', 'tensorboard'}
+    saved = resolve_config(saved)  # keys added since the run was saved take their defaults
     diff = {k: (saved.get(k), cfg[k]) for k in cfg if k not in free and saved.get(k) != cfg[k]}
     if diff: raise ValueError(f'cannot resume: the config differs from the saved one in {diff} (saved, now)')
 
@@ -780,13 +787,13 @@ def run_fold(cfg: dict) -> dict:
     cfg = resolve_config(cfg)
     rank, world, device = setup_distributed()
     main = rank == 0
+    # data first: every problem with it is reported before the fold folder is touched (overwrite moves results aside)
+    df, ev = load_tables(cfg)
+    from maskclf.data import validate as check_data; check_data(df, ev, progress=main)
     fold_dir = open_fold_dir(cfg) if main else fold_dir_for(cfg)
     resume = cfg['resume'] and (fold_dir / 'last.pt').exists()  # a failed start runs afresh, even with resume
     if main and not resume: save_json(cfg, fold_dir / 'config.json')
-    # data: the table, its folds, training targets, and the crops (rank 0 fills the cache first)
-    df, ev = load_tables(cfg)
-    from maskclf.data import validate as check_data; check_data(df, ev, progress=main)  # every data problem at once, before crops or a model
-    pixels = get_pixels(df, cfg, device)
+    pixels = get_pixels(df, cfg, device)  # the crops (rank 0 fills the cache first)
     val_idx = np.where(df.fold.to_numpy() == cfg['fold'])[0]
     train_idx = np.where((df.fold.to_numpy() != cfg['fold']) & keep_for_training(df, cfg['drop_boundary_ages']))[0]
     if not len(val_idx): raise ValueError(f"fold {cfg['fold']} has no photos (n_folds={cfg['n_folds']})")
@@ -829,33 +836,35 @@ def fit(model, train_dl, val_dl, loss_fn, optimizer, schedule, prec, cfg, fold_d
     "The epoch loop with checkpoints, history rows and early stopping; returns the history table."
     mix, hist_path, rank = make_mix(cfg['mix']), fold_dir / 'history.csv', dist_info()[0]
     tb = tensorboard_writer(fold_dir) if main and cfg.get('tensorboard') else None
-    for epoch in range(start, cfg['epochs']):
-        if start and epoch - 1 - best_epoch >= cfg['patience']: break  # resumed a run that had already stopped early
-        seed_everything(cfg['seed'] + epoch); reseed_loader(train_dl, cfg['seed'] + epoch, rank)
-        tr = train_one_epoch(model, train_dl, loss_fn, optimizer, prec, schedule, epoch=epoch, grad_clip=cfg['grad_clip'],
-                             mix=mix, show=main)
-        va = validate(unwrap(model), val_dl, loss_fn, prec, show=False)
-        check_finite(va['probs'], va['val_loss'], f'validation at epoch {epoch} (lr={optimizer.param_groups[0]["lr"]:.3g})')
-        metric = selection_metric(va, fallback=-va['val_loss'])  # f1_macro; the scored heads' mean on partial labels
-        schedule.step_epoch(metric)
-        row = dict(epoch=epoch, **tr, **{k: v for k, v in va.items() if k != 'probs'})
-        improved = metric > best
-        if improved: best, best_epoch = metric, epoch
-        stale = epoch - best_epoch
-        if main:
-            append_history(hist_path, row)
-            args = (model, optimizer, schedule, prec.scaler, epoch, metric, best, cfg, best_epoch)
-            if improved: save_checkpoint(fold_dir / 'best.pt', *args)
-            save_checkpoint(fold_dir / 'last.pt', *args)
-            if tb: log_epoch(tb, row)
-            print(f"epoch {epoch}: train_loss {tr['train_loss']:.4f} val_loss {va['val_loss']:.4f} f1_macro {va['f1_macro']:.4f} "
-                  f"(mask {va['f1_mask']:.3f} gender {va['f1_gender']:.3f} age {va['f1_age']:.3f}) {tr['train_seconds']:.0f}s {speed(tr)}"
-                  + (' *' if improved else ''), flush=True)
-        _barrier()
-        if stale >= cfg['patience']:
-            if main: print(f'early stop: no better macro F1 for {stale} epochs')
-            break
-    if tb: tb.close()
+    try:
+        for epoch in range(start, cfg['epochs']):
+            if start and epoch - 1 - best_epoch >= cfg['patience']: break  # resumed a run that had already stopped early
+            seed_everything(cfg['seed'] + epoch); reseed_loader(train_dl, cfg['seed'] + epoch, rank)
+            tr = train_one_epoch(model, train_dl, loss_fn, optimizer, prec, schedule, epoch=epoch, grad_clip=cfg['grad_clip'],
+                                 mix=mix, show=main)
+            va = validate(unwrap(model), val_dl, loss_fn, prec, show=False)
+            check_finite(va['probs'], va['val_loss'], f'validation at epoch {epoch} (lr={optimizer.param_groups[0]["lr"]:.3g})')
+            metric = selection_metric(va, fallback=-va['val_loss'])  # f1_macro; the scored heads' mean on partial labels
+            schedule.step_epoch(metric)
+            row = dict(epoch=epoch, **tr, **{k: v for k, v in va.items() if k != 'probs'})
+            improved = metric > best
+            if improved: best, best_epoch = metric, epoch
+            stale = epoch - best_epoch
+            if main:
+                append_history(hist_path, row)
+                args = (model, optimizer, schedule, prec.scaler, epoch, metric, best, cfg, best_epoch)
+                if improved: save_checkpoint(fold_dir / 'best.pt', *args)
+                save_checkpoint(fold_dir / 'last.pt', *args)
+                if tb: log_epoch(tb, row)
+                print(f"epoch {epoch}: train_loss {tr['train_loss']:.4f} val_loss {va['val_loss']:.4f} f1_macro {va['f1_macro']:.4f} "
+                      f"(mask {va['f1_mask']:.3f} gender {va['f1_gender']:.3f} age {va['f1_age']:.3f}) {tr['train_seconds']:.0f}s {speed(tr)}"
+                      + (' *' if improved else ''), flush=True)
+            _barrier()
+            if stale >= cfg['patience']:
+                if main: print(f'early stop: no better macro F1 for {stale} epochs')
+                break
+    finally:
+        if tb: tb.close()  # also when the run stops on an error
     return pd.read_csv(hist_path) if main else pd.DataFrame()
 
 # %% ../nbs/07_learn.ipynb #6d9ea7c5
@@ -909,14 +918,15 @@ def fit_split(cfg: dict, # a run configuration (`resolve_config` fills in the re
               show: bool = False, # progress bars
              ) -> np.ndarray:
     "Train `cfg`'s recipe on `train_idx` for `epochs` epochs; return (len(val_idx), 18) probabilities (with its TTA)."
-    from maskclf.augment import train_tfms, eval_tfms
     from maskclf.loss import make_loss
     cfg = resolve_config(cfg); prec = make_precision(device, cfg['amp'])
     seed_everything(cfg['seed'])
     model = build_model(cfg).to(prec.device)
+    if prec.channels_last: model = model.to(memory_format=torch.channels_last)
     dc, size, nw = model.data_config, crop_size(cfg), auto_workers(cfg['num_workers'], prec.device)
-    train_ds = CropDataset(pixels, train_idx, targets, train_tfms(size, dc['mean'], dc['std'], level=cfg['augment']))
-    val_ds = CropDataset(pixels, val_idx, targets, eval_tfms(size, dc['mean'], dc['std']))
+    on = resolve_augment_on(cfg['augment_on'], prec.device)  # the same input path as `run_fold`
+    train_ds = make_dataset(pixels, train_idx, targets, size, dc, cfg['augment'], on)
+    val_ds = make_dataset(pixels, val_idx, targets, size, dc, 'none', on)
     train_dl = make_loader(train_ds, cfg['batch_size'], True, cfg['seed'], nw, cfg['sampler'])
     val_dl = make_loader(val_ds, cfg['batch_size'] * 2, False, cfg['seed'], nw)
     loss_fn = make_loss(cfg['loss'], head=cfg['head'], gamma=cfg['focal_gamma'], smoothing=cfg['smoothing'])
@@ -926,4 +936,6 @@ def fit_split(cfg: dict, # a run configuration (`resolve_config` fills in the re
         seed_everything(cfg['seed'] + epoch); reseed_loader(train_dl, cfg['seed'] + epoch)
         tr = train_one_epoch(model, train_dl, loss_fn, optimizer, prec, schedule, epoch, cfg['grad_clip'], mix, show)
         schedule.step_epoch(-tr['train_loss'])  # 'plateau' follows the training loss: these rows are not for choosing
-    return predict_probs(model, val_dl, prec, cfg['tta'])[0]
+    probs = predict_probs(model, val_dl, prec, cfg['tta'])[0]
+    check_finite(probs, None, f'fit_split: the predictions after {cfg["epochs"]} epochs')
+    return probs

@@ -106,7 +106,7 @@ def test_boxes_csv_in_training_config(tmp_path):
     from maskclf.learn import resolve_config, load_tables
     from maskclf.cli import parse_params
     from maskclf.demo import demo_data_dir
-    assert parse_params([['boxes_csv', 'fixes.csv']]) == {'boxes_csv': 'fixes.csv'}
+    assert parse_params([['boxes_csv', 'fixes.csv']]) == {'boxes_csv': os.path.abspath('fixes.csv')}  # the caller's folder
     data = demo_data_dir(n_people=10)
     first = sorted((data / 'train' / 'images').iterdir())[0]
     photo = sorted(p for p in first.iterdir() if not p.name.startswith('.'))[0]

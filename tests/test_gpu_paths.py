@@ -116,3 +116,18 @@ def test_bench_train_rows(outputs):
     assert {'what', 'img_s', 'workers', 'img_size', 'batch_size', 'amp'} <= set(res.columns)
     assert {'ceiling_train', 'ceiling_infer', 'train', 'infer', 'pipeline'} <= set(res.what)
     assert set(res[res.what == 'pipeline'].augment_on) == {'cpu', 'device'} and (res.img_s > 0).all()
+
+
+def test_persistent_workers_resume_order():
+    "With persistent workers, the order of epoch 1 is the same whether the loader ran epoch 0 first or starts there (a resume)."
+    from maskclf.learn import CropDataset, make_loader, reseed_loader
+    n = 16
+    targets = {k: np.arange(n) % m for k, m in (('label', 18), ('mask', 3), ('gender', 2), ('age', 3))}
+    ds = lambda: CropDataset(np.zeros((n, 8, 6, 3), np.uint8), np.arange(n), {**targets, 'label': np.arange(n)})
+    def order(loader, epoch):
+        reseed_loader(loader, epoch)
+        return [int(i) for _, y in loader for i in y['label']]
+    going = make_loader(ds(), 4, True, seed=0, num_workers=1)
+    assert going.persistent_workers
+    order(going, 0)
+    assert order(going, 1) == order(make_loader(ds(), 4, True, seed=0, num_workers=1), 1)
