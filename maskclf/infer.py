@@ -5,22 +5,20 @@
 # %% ../nbs/08_infer.ipynb #7f9ac0ea
 from __future__ import annotations
 import json, warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from .core import N_CLASSES, CLASS_NAMES, HEADS, HEAD_NAMES, decode, atomic_path, save_json, outputs_dir, get_device
-from .learn import score, head_truth, oof_probs, crop_size, get_pixels, load_model, load_checkpoint, resolve_config, save_submission
+from .learn import score, head_truth, oof_probs, get_pixels, load_model, load_checkpoint, resolve_config, save_submission
 from .data import has_eval, DataError, raise_problems
 
 # %% auto #0
 __all__ = ['PROB_COLS', 'FOLD_FILES', 'IGNORED_PARAMS', 'probs_frame', 'tta_probs', 'read_photos', 'photo_problems',
-           'check_probs', 'predict_pixels', 'predict', 'ensemble', 'write_submission', 'run_dir', 'fold_status',
-           'read_config', 'fake_run', 'read_oof', 'class_report', 'resolve_data_dir', 'read_fold_probs', 'ensemble_run',
+           'check_probs', 'predict', 'ensemble', 'write_submission', 'run_dir', 'fold_status', 'read_config',
+           'fake_run', 'read_oof', 'class_report', 'resolve_data_dir', 'read_fold_probs', 'ensemble_run',
            'fake_eval_dir', 'run_summary', 'compare_runs', 'plot_runs', 'fold_scores', 'plot_fold_scores',
            'ensemble_report']
 
@@ -76,18 +74,6 @@ def check_probs(probs, # (n, 18) probabilities
     return a
 
 # %% ../nbs/08_infer.ipynb #f175c739
-@torch.no_grad()
-def predict_pixels(model, pixels, tfms, tta: str = 'hflip', batch_size: int = 64, device=None) -> np.ndarray:
-    "Probabilities `(n, 18)` for HWC uint8 crops `pixels`, transformed by `tfms`, averaged over TTA views."
-    from maskclf.model import outputs2probs
-    from maskclf.augment import tta_wrapper
-    device = get_device(device); model = model.to(device).eval(); out = []
-    viewed = tta_wrapper(model, tta or 'none')  # built once, not per batch
-    for i in tqdm(range(0, len(pixels), batch_size), desc='predict', leave=False):
-        x = torch.stack([tfms(image=np.asarray(im))['image'] for im in pixels[i:i + batch_size]]).to(device)
-        with torch.no_grad(): out.append(outputs2probs(viewed(x)).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, N_CLASSES), np.float32)
-
 def predict(checkpoint, # a `best.pt` / `last.pt` written by `maskclf.learn`
             data, # competition folder (eval set), labels CSV, list of image paths, or photo table
             tta: str = 'hflip', # TTA views: 'none', 'hflip', 'hflip+scale' (`maskclf.augment.TTA_MODES`)
@@ -96,8 +82,7 @@ def predict(checkpoint, # a `best.pt` / `last.pt` written by `maskclf.learn`
             on_error: str = 'raise', # unreadable photos: 'raise' one error listing all, or 'skip' them (see `attrs`)
            ) -> pd.DataFrame:
     "Eighteen-class probabilities for every photo of `data` from one checkpoint: `path` + `p0..p17`."
-    from maskclf.augment import eval_tfms
-    from maskclf.learn import CheckpointError
+    from maskclf.learn import CheckpointError, eval_loader, make_precision, predict_probs
     if on_error not in ('raise', 'skip'): raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
     device = get_device(device)
     ck = load_checkpoint(checkpoint)  # read once: the config and the weights
@@ -113,8 +98,10 @@ def predict(checkpoint, # a `best.pt` / `last.pt` written by `maskclf.learn`
     probs = np.zeros((0, N_CLASSES), np.float32)
     if len(df):
         pixels = get_pixels(df, cfg, device)  # the crops the model was trained on: same size, margin, aspect
-        tfms = eval_tfms(crop_size(cfg), model.data_config['mean'], model.data_config['std'])
-        probs = check_probs(predict_pixels(model, pixels, tfms, tta, batch_size, device), f'{checkpoint} on {len(df)} photos')
+        prec = make_precision(device, cfg['amp'])  # the fold's precision and memory format: the same numbers as its test_probs
+        if prec.channels_last: model = model.to(memory_format=torch.channels_last)
+        dl = eval_loader(pixels, np.arange(len(df)), None, cfg, model.data_config, device, batch_size)
+        probs = check_probs(predict_probs(model, dl, prec, tta)[0], f'{checkpoint} on {len(df)} photos')
     out = probs_frame(df.path, probs); out.attrs['skipped'] = bad
     return out
 

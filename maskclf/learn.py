@@ -36,7 +36,8 @@ __all__ = ['DEFAULT_CONFIG', 'CHOICES', 'TB_NAMES', 'CHECKPOINT_KEYS', 'MODEL_CO
            'plot_confusion', 'plot_head_confusions', 'plot_class_f1', 'plot_mistakes', 'save_figures',
            'describe_scored', 'write_report', 'save_submission', 'load_tables', 'crop_size', 'get_pixels',
            'fold_dir_for', 'fold_state', 'open_fold_dir', 'locked_fold', 'check_resume_config', 'append_history',
-           'trim_history', 'make_mix', 'make_oof', 'auto_workers', 'run_fold', 'fit', 'finish_fold', 'fit_split']
+           'trim_history', 'make_mix', 'make_oof', 'auto_workers', 'run_fold', 'fit', 'eval_loader', 'finish_fold',
+           'fit_split']
 
 # %% ../nbs/07_learn.ipynb #af2b2807
 DEFAULT_CONFIG = dict(
@@ -868,6 +869,21 @@ def fit(model, train_dl, val_dl, loss_fn, optimizer, schedule, prec, cfg, fold_d
     return pd.read_csv(hist_path) if main else pd.DataFrame()
 
 # %% ../nbs/07_learn.ipynb #6d9ea7c5
+def eval_loader(pixels, # crops (N, H, W, 3) uint8
+                idx, # the rows to predict, in order
+                targets: dict | None, # per-head truth of all N rows (-1 unknown), or None: all unknown
+                cfg: dict, # the run config: crop size and input path (`augment_on`)
+                data_config: dict, # the model's mean and std
+                device, # where the model runs ('auto' input path: the device's)
+                batch_size: int, # crops per batch
+                rank: int = 0, world: int = 1, # this process's shard under DDP
+               ) -> DataLoader:
+    "The one way crops are fed for prediction: unaugmented, on the run's input path, sharded under DDP."
+    if targets is None: targets = {h: np.full(len(pixels), UNKNOWN) for h in ('label', *HEADS)}
+    on = resolve_augment_on(cfg['augment_on'], torch.device(device))
+    ds = make_dataset(pixels, np.asarray(idx), targets, crop_size(cfg), data_config, 'none', on)
+    return make_loader(Shard(ds, rank, world) if world > 1 else ds, batch_size, False)
+
 def finish_fold(cfg, fold_dir, df, ev, val_idx, pixels, prec, main, history, n_train: int = 0) -> dict:
     "Predict validation and eval photos with `best.pt` (+TTA), write oof/test/submission/metrics/figures/report."
     _barrier()
@@ -875,19 +891,15 @@ def finish_fold(cfg, fold_dir, df, ev, val_idx, pixels, prec, main, history, n_t
     ck = load_checkpoint(fold_dir / 'best.pt', prec.device)  # read once: weights, config and epoch
     model = load_model(ck, prec.device)
     if prec.channels_last: model = model.to(memory_format=torch.channels_last)
-    dc, size = model.data_config, crop_size(cfg)
-    from maskclf.augment import eval_tfms
-    tf = eval_tfms(size, dc['mean'], dc['std'])
-    val_ds = CropDataset(pixels, val_idx, head_truth(df), tf)
-    val_dl = make_loader(Shard(val_ds, rank, world) if world > 1 else val_ds, cfg['batch_size'] * 2, False, num_workers=0)
-    va = validate(model, val_dl, None, prec, tta=cfg['tta'])
+    loader = lambda pix, idx, truth: eval_loader(pix, idx, truth, cfg, model.data_config, prec.device, cfg['batch_size'] * 2,
+                                                 rank, world)
+    truth = head_truth(df)
+    va = validate(model, loader(pixels, val_idx, truth), None, prec, tta=cfg['tta'])
     check_finite(va['probs'], None, f"{fold_dir / 'best.pt'} on the validation photos")
     test_probs = None
     if ev is not None and len(ev):
         ev_pix = get_pixels(ev, cfg, prec.device)
-        none = {h: np.full(len(ev), UNKNOWN) for h in ('label', *HEADS)}
-        ev_ds = CropDataset(ev_pix, np.arange(len(ev)), none, tf)
-        ev_dl = make_loader(Shard(ev_ds, rank, world) if world > 1 else ev_ds, cfg['batch_size'] * 2, False, num_workers=0)
+        ev_dl = loader(ev_pix, np.arange(len(ev)), None)
         test_probs, _ = gather_shards(predict_probs(model, ev_dl, prec, cfg['tta'])[0], None, len(ev) if world > 1 else None)
         check_finite(test_probs, None, f"{fold_dir / 'best.pt'} on the eval photos")
     metrics = {**{k: v for k, v in va.items() if k not in ('probs', 'val_loss', 'val_seconds')},
@@ -895,7 +907,7 @@ def finish_fold(cfg, fold_dir, df, ev, val_idx, pixels, prec, main, history, n_t
                'n_val': int(len(val_idx)), 'n_eval': int(len(ev)) if ev is not None else 0, 'tta': cfg['tta'],
                'device': str(prec.device), 'world_size': world, 'code': code_version(),
                'train_seconds': float(history.train_seconds.sum()) if len(history) else 0.0,
-               'best_by': ' + '.join(selection_keys(va)) or 'val_loss', 'scored': scored_classes(val_ds.targets)}
+               'best_by': ' + '.join(selection_keys(va)) or 'val_loss', 'scored': scored_classes({k: v[val_idx] for k, v in truth.items()})}
     if main:
         oof = make_oof(df.iloc[val_idx], va['probs'])
         with atomic_path(fold_dir / 'oof.csv') as tmp: oof.to_csv(tmp, index=False)

@@ -145,3 +145,12 @@ def test_demo_f1_floor_default(tmp_path, monkeypatch):
     monkeypatch.setenv('MASKCLF_OUTPUTS', str(tmp_path))
     r = run_fold(dict(fold=4))
     assert r['f1_macro'] >= FLOOR_DEFAULT, r
+
+
+def test_predict_reproduces_the_fold(smoke):
+    "`predict` on the eval photos with the fold's best.pt gives the fold's own test_probs.npy (one prediction path)."
+    from maskclf.infer import predict, PROB_COLS
+    fold_dir, data = smoke
+    cfg = json.loads((fold_dir / 'config.json').read_text())
+    pred = predict(fold_dir / 'best.pt', data, tta=cfg['tta'], device='cpu')
+    np.testing.assert_allclose(pred[PROB_COLS].to_numpy(np.float32), np.load(fold_dir / 'test_probs.npy'), atol=1e-5)
