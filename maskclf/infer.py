@@ -311,13 +311,14 @@ def fake_eval_dir(dest, n_eval=14) -> Path:
     return Path(dest)
 
 # %% ../nbs/08_infer.ipynb #1afbfb03
-IGNORED_PARAMS = ('fold', 'run', 'overwrite', 'num_workers')  # config keys that never explain a score
+IGNORED_PARAMS = ('fold', 'run', 'overwrite', 'resume', 'num_workers', 'tensorboard')  # config keys that never explain a score
 
 def run_summary(run) -> dict:
-    "Config, fold counts and out-of-fold scores of one run."
-    from maskclf.learn import score
+    "Config, fold counts and out-of-fold scores of one run; `selection` ranks runs as `fit` ranks epochs."
+    from maskclf.learn import score, selection_metric
     st = fold_status(run); oof = read_oof(run)
     s = score(oof, oof_probs(oof)); ens = run_dir(run) / 'ensemble' / 'metrics.json'
+    s['selection'] = selection_metric(s)  # f1_macro, or the scored heads' mean on partial labels
     post = json.loads(ens.read_text()).get('oof_post', {}) if ens.exists() else {}
     if post: s['f1_macro_post'] = post['f1_macro']  # after the ensemble's post-processing (identity, offsets)
     return dict(config=read_config(run), folds_ok=int((st.status == 'ok').sum()), folds_expected=len(st), n_oof=len(oof), **s)
@@ -341,13 +342,13 @@ def compare_runs(root=None, # folder holding the runs; default `outputs/`
     score_cols = [c for c in df.columns if c.startswith(('f1_', 'acc'))]
     first = [*differ, 'folds_ok', 'folds_expected', *score_cols]
     df = df[[c for c in first if c in df] + [c for c in df.columns if c not in first]]
-    return df.sort_values('f1_macro', ascending=False, na_position='last') if 'f1_macro' in df else df
+    return df.sort_values('selection', ascending=False, na_position='last') if 'selection' in df else df
 
 # %% ../nbs/08_infer.ipynb #b21dfd18
 def plot_runs(table: pd.DataFrame, top: int = 30):
     "Horizontal bars of the out-of-fold macro F1 (18 classes and per head) of the runs in a `compare_runs` table."
     import matplotlib.pyplot as plt
-    t = table.dropna(subset=['f1_macro']).head(top).iloc[::-1] if 'f1_macro' in table else table.iloc[:0]
+    t = table.dropna(subset=['selection']).head(top).iloc[::-1] if 'selection' in table else table.iloc[:0]  # partial labels too
     fig, ax = plt.subplots(figsize=(8, 1 + 0.45 * max(len(t), 1)))
     if len(t): t[['f1_age', 'f1_gender', 'f1_mask', 'f1_macro']].plot.barh(ax=ax, width=0.8)
     ax.set(xlim=(0, 1), xlabel='out-of-fold macro F1', title='runs, best on top'); ax.legend(fontsize=8, loc='lower right')
