@@ -1,5 +1,6 @@
 """Reliability of runs (issue 11): fold locks, non-finite validation, failed starts, checkpoint and photo errors,
-ensemble input checks, no lasting litter, and a bounded kill test (SIGKILL a tiny run at several points, resume it,
+ensemble input checks, no lasting litter, a damaged crop cache (the data checks of case 4 are in test_validation.py),
+and a bounded kill test (SIGKILL a tiny run at several points, resume it,
 compare with an uninterrupted run). CPU, 32-pixel crops, random weights, 2 epochs: 59 s of CPU time in all (measured
 with /usr/bin/time, subprocesses included); 9.6 min of wall time on a 2-core machine shared at load 13-20."""
 import json, os, signal, socket, subprocess, sys
@@ -193,3 +194,16 @@ def test_overwrite_twice_in_one_second(tmp_path):
     for i in range(3):
         (run / 'metrics.json').write_text(str(i)); fresh_dir(run, overwrite=True)
     assert sorted(p.read_text() for p in tmp_path.glob('fold0.old-*/metrics.json')) == ['0', '1', '2']
+
+
+def test_damaged_crop_cache_is_named_and_rebuilt(outputs, tmp_path):
+    "Case 3: a crop cache zeroed behind an intact header is named in a warning, moved aside and rebuilt; no black crops."
+    from maskclf.crop import crop_cache
+    from maskclf.data import read_dataset
+    df = read_dataset(outputs[1]).head(8)
+    first = np.array(crop_cache(df, size=(32, 24), cache_dir=tmp_path, progress=False))
+    (f,) = tmp_path.glob('crops-*/crops.npy')
+    a = np.load(f, mmap_mode='r+'); a[:] = 0; a.flush(); del a  # same size, header intact
+    with pytest.warns(UserWarning, match='crops'): again = np.array(crop_cache(df, size=(32, 24), cache_dir=tmp_path, progress=False))
+    assert again.any() and (again == first).all()
+    assert list((tmp_path / 'damaged').iterdir())
