@@ -219,9 +219,17 @@ def acquire_lock(folder) -> Path:
                 raise FolderLockedError(
                     f"{folder} is in use by process {holder['pid']} on {holder.get('host')} (started "
                     f"{holder.get('started')}): wait for it to finish or stop it; if that process is gone, delete {lock}.")
-            if read_lock(folder) == holder:  # still the same stale lock: remove it
-                lock.unlink(missing_ok=True)
-                print(f'removed a stale lock on {folder}: its process {holder.get("pid")} is no longer running')
+            if read_lock(folder) == holder:  # still the same stale lock: move it aside (atomic), then check what moved
+                aside = lock.with_name(f'{lock.name}.stale.tmp{os.getpid()}')
+                try: os.rename(lock, aside)
+                except FileNotFoundError: continue  # another process cleared it first
+                try: moved = json.loads(aside.read_text())
+                except (OSError, ValueError): moved = {}
+                if lock_is_live(moved):  # a live lock taken between the read and the rename: give it back
+                    try: os.link(aside, lock)
+                    except FileExistsError: pass
+                else: print(f'removed a stale lock on {folder}: its process {holder.get("pid")} is no longer running')
+                aside.unlink(missing_ok=True)
         raise FolderLockedError(f'{folder}: could not take its lock {lock}; other processes keep taking it')
     finally: tmp.unlink(missing_ok=True)
 
