@@ -790,7 +790,7 @@ def run_fold(cfg: dict) -> dict:
     main = rank == 0
     # data first: every problem with it is reported before the fold folder is touched (overwrite moves results aside)
     df, ev = load_tables(cfg)
-    from maskclf.data import validate as check_data; check_data(df, ev, progress=main)
+    from maskclf.checks import check_data; check_data(df, ev, progress=main)
     fold_dir = open_fold_dir(cfg) if main else fold_dir_for(cfg)
     resume = cfg['resume'] and (fold_dir / 'last.pt').exists()  # a failed start runs afresh, even with resume
     if main and not resume: save_json(cfg, fold_dir / 'config.json')

@@ -7,9 +7,11 @@ from pathlib import Path
 import numpy as np, pandas as pd, pytest
 from PIL import Image
 
+import maskclf.checks as C
 import maskclf.data as D
 from maskclf.core import real_data
-from maskclf.data import DataError, MIN_SIDE, image_problem, read_labels_csv, validate
+from maskclf.checks import MIN_SIDE, image_problem, check_data
+from maskclf.data import DataError, read_labels_csv
 
 HEADER = 'path,person,mask,gender,age\n'
 
@@ -41,8 +43,8 @@ def people(n: int = 6) -> list:
 
 
 def problems_of(*tables) -> str:
-    "The message of the `DataError` that `validate` must raise."
-    with pytest.raises(DataError) as e: validate(*tables, progress=False)
+    "The message of the `DataError` that `check_data` must raise."
+    with pytest.raises(DataError) as e: check_data(*tables, progress=False)
     return str(e.value)
 
 
@@ -62,7 +64,7 @@ def test_tiny_photo_refused_with_name_and_minimum(tmp_path):
     photo(tmp_path / 'p4.jpg', (10, 10))
     assert f'{tmp_path / "p4.jpg"}: 10x10 pixels: smaller than the minimum of {MIN_SIDE} px' in problems_of(read_labels_csv(csv))
     photo(tmp_path / 'p4.jpg', (MIN_SIDE, 500))  # the shorter side counts, at exactly the minimum it passes
-    validate(read_labels_csv(csv), progress=False)
+    check_data(read_labels_csv(csv), progress=False)
 
 
 def test_16_bit_grey_png_loads_as_grey(tmp_path):
@@ -71,7 +73,7 @@ def test_16_bit_grey_png_loads_as_grey(tmp_path):
     Image.fromarray(ramp).save(tmp_path / 'p0.png')
     assert Image.open(tmp_path / 'p0.png').mode.startswith('I')
     csv = labels_csv(tmp_path, [('p0.png', 'p0', 'wear', 'male', 30)] + people()[1:])
-    validate(read_labels_csv(csv), progress=False)  # accepted...
+    check_data(read_labels_csv(csv), progress=False)  # accepted...
     px = np.asarray(load_image(tmp_path / 'p0.png'))  # ...and converted, not clipped to white
     assert px.shape == (64, 48, 3) and (px[..., 0] == ramp >> 8).all() and abs(px.mean() - 127.5) < 1
 
@@ -97,14 +99,14 @@ def test_person_with_two_genders_or_two_age_bands(tmp_path):
 
 def test_unknown_labels_and_close_ages_agree(tmp_path):
     rows = people() + [('q1.jpg', 'p0', 'wear', '', ''), ('q2.jpg', 'p1', 'wear', 'female', 29)]  # p1 is 27: same band
-    validate(read_labels_csv(labels_csv(tmp_path, rows)), progress=False)
+    check_data(read_labels_csv(labels_csv(tmp_path, rows)), progress=False)
 
 
 def test_duplicates_and_many_problems(tmp_path):
     t = read_labels_csv(labels_csv(tmp_path, people()))
     both = D.read_dataset([tmp_path / 'labels.csv', tmp_path / 'labels.csv'])
     assert f'{tmp_path / "p0.jpg"}: listed 2 times' in problems_of(both)
-    validate(t, t, progress=False)  # the same photo in two tables (an eval photo pseudo-labelled) is fine
+    check_data(t, t, progress=False)  # the same photo in two tables (an eval photo pseudo-labelled) is fine
     many = pd.DataFrame({'path': [str(tmp_path / f'missing{i}.jpg') for i in range(45)]})
     msg = problems_of(many)
     assert msg.startswith('45 problem(s)') and msg.count('file missing') == 30 and '... and 15 more' in msg, msg
@@ -112,12 +114,12 @@ def test_duplicates_and_many_problems(tmp_path):
 
 def test_passes_are_remembered(tmp_path, outputs, monkeypatch):
     t = read_labels_csv(labels_csv(tmp_path, people()))
-    validate(t, progress=False)
-    assert D.memo_path().is_file() and D.memo_path().is_relative_to(outputs)
+    check_data(t, progress=False)
+    assert C.memo_path().is_file() and C.memo_path().is_relative_to(outputs)
     opened = []
-    check = D.image_problem
-    monkeypatch.setattr(D, 'image_problem', lambda p: opened.append(p) or check(p))
-    validate(t, progress=False); assert opened == []  # nothing changed: no photo is opened
+    check = C.image_problem
+    monkeypatch.setattr(C, 'image_problem', lambda p: opened.append(p) or check(p))
+    check_data(t, progress=False); assert opened == []  # nothing changed: no photo is opened
     (tmp_path / 'p2.jpg').write_bytes(b'broken since')
     assert 'p2.jpg: cannot decode' in problems_of(t) and opened == [str(tmp_path / 'p2.jpg')]
 
@@ -140,7 +142,7 @@ def test_run_fold_stops_before_cropping(tmp_path, outputs):
 @pytest.mark.skipif(real_data('masks') is None, reason='shared/data/real is absent')
 def test_real_photos_pass():
     tables = [read_labels_csv(real_data(n)) for n in ('masks', 'faces', 'selfies')]
-    validate(*tables, progress=False, remember=False)
+    check_data(*tables, progress=False, remember=False)
 
 
 def test_predict_stops_before_cropping(tmp_path, outputs):
