@@ -19,11 +19,12 @@ import ttach
 from .core import HEAD_SIZES, N_CLASSES
 
 # %% auto #0
-__all__ = ['AUG_LEVELS', 'TTA_MODES', 'eval_tfms', 'train_tfms', 'BatchTfms', 'batch_tfms', 'TTAWrapper', 'tta_wrapper',
-           'mix_targets', 'mix_batch']
+__all__ = ['AUG_LEVELS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'TTA_MODES', 'eval_tfms', 'train_tfms', 'BatchTfms', 'batch_tfms',
+           'TTAWrapper', 'tta_wrapper', 'mix_targets', 'mix_batch']
 
 # %% ../nbs/04_augment.ipynb #36b11f29
 AUG_LEVELS = ('none', 'light', 'strong')
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # the default normalisation, 0-1 scale (a model's own: its data_config)
 
 def _size(size) -> tuple[int, int]: return (size, size) if isinstance(size, int) else tuple(size)
 
@@ -31,7 +32,7 @@ def _finish(size, mean, std) -> list:
     h, w = _size(size)
     return [A.Resize(h, w), A.Normalize(mean=mean, std=std, max_pixel_value=255.), ToTensorV2()]
 
-def eval_tfms(size, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)) -> A.Compose:
+def eval_tfms(size, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> A.Compose:
     "The evaluation pipeline: resize to `size` (h, w), normalise, to a CHW float tensor."
     return A.Compose(_finish(size, mean, std))
 
@@ -54,8 +55,8 @@ def _strong() -> list:
                         fill=0, p=0.3)]
 
 def train_tfms(size,  # (height, width) of the model input; an int means square
-               mean=(0.485, 0.456, 0.406),  # normalisation mean, 0-1 scale (model.data_config['mean'])
-               std=(0.229, 0.224, 0.225),  # normalisation std, 0-1 scale
+               mean=IMAGENET_MEAN,  # normalisation mean, 0-1 scale (model.data_config['mean'])
+               std=IMAGENET_STD,  # normalisation std, 0-1 scale
                level: str = 'light',  # 'none', 'light' or 'strong'
               ) -> A.Compose:
     "The training pipeline at augmentation `level`, ending like `eval_tfms`."
@@ -88,7 +89,7 @@ def _strong_batch() -> list:
 # %% ../nbs/04_augment.ipynb #a608904d
 class BatchTfms(nn.Module):
     "A uint8 batch (N,H,W,3) or (N,3,H,W) -> normalised float (N,3,h,w), augmented per sample where it lies."
-    def __init__(self, size, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), level: str = 'none'):
+    def __init__(self, size, mean=IMAGENET_MEAN, std=IMAGENET_STD, level: str = 'none'):
         super().__init__()
         if level not in AUG_LEVELS: raise ValueError(f'unknown augmentation level {level!r}: choose one of {AUG_LEVELS}')
         self.size, self.level, self.mean, self.std = _size(size), level, tuple(mean), tuple(std)
@@ -105,8 +106,8 @@ class BatchTfms(nn.Module):
         return (x - mean) / std
 
 def batch_tfms(size,  # (height, width) of the model input; an int means square
-               mean=(0.485, 0.456, 0.406),  # normalisation mean, 0-1 scale (model.data_config['mean'])
-               std=(0.229, 0.224, 0.225),  # normalisation std, 0-1 scale
+               mean=IMAGENET_MEAN,  # normalisation mean, 0-1 scale (model.data_config['mean'])
+               std=IMAGENET_STD,  # normalisation std, 0-1 scale
                level: str = 'none',  # 'none' (evaluation), 'light' or 'strong': the levels of `train_tfms`
               ) -> BatchTfms:
     "`train_tfms`/`eval_tfms` as one batched module run on the batch's device (kornia, per-sample parameters)."
@@ -122,7 +123,6 @@ class TTAWrapper(nn.Module):
         super().__init__()
         if tta not in TTA_MODES: raise ValueError(f'unknown tta {tta!r}: choose one of {tuple(TTA_MODES)}')
         self.model, self.tta, self.views = model, tta, ttach.Compose(TTA_MODES[tta])
-        self.data_config = getattr(model, 'data_config', None)
 
     def forward(self, x, target=None) -> dict:
         probs = {}

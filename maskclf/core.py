@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #9a789b99
 from __future__ import annotations
-import os, json, random, shutil, socket, time
+import os, json, random, socket, time
 from contextlib import contextmanager
 from enum import IntEnum
 from pathlib import Path
@@ -13,11 +13,11 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['UNKNOWN', 'HEADS', 'HEAD_SIZES', 'N_CLASSES', 'MASK_NAMES', 'GENDER_NAMES', 'AGE_NAMES', 'HEAD_NAMES',
-           'MASK_FILE_STEMS', 'CLASS_NAMES', 'EVAL_OLD_FROM', 'Mask', 'Gender', 'AgeBand', 'encode', 'decode',
-           'encode_known', 'class_name', 'age2band', 'seed_everything', 'seed_worker', 'repo_root', 'outputs_dir',
-           'shared_dir', 'real_data', 'in_test', 'fresh_dir', 'atomic_path', 'save_json', 'process_start',
-           'process_alive', 'clean_stale_tmp', 'FolderLockedError', 'lock_path', 'read_lock', 'lock_is_live',
-           'acquire_lock', 'release_lock', 'folder_lock', 'code_version', 'get_device']
+           'MASK_FILE_STEMS', 'CLASS_NAMES', 'EVAL_OLD_FROM', 'MIDDLE_FROM', 'Mask', 'Gender', 'AgeBand', 'encode',
+           'decode', 'encode_known', 'class_name', 'age2band', 'seed_everything', 'seed_worker', 'repo_root',
+           'outputs_dir', 'shared_dir', 'real_data', 'in_test', 'fresh_dir', 'atomic_path', 'save_json',
+           'process_start', 'process_alive', 'clean_stale_tmp', 'FolderLockedError', 'lock_path', 'read_lock',
+           'lock_is_live', 'acquire_lock', 'release_lock', 'folder_lock', 'code_version', 'get_device']
 
 # %% ../nbs/00_core.ipynb #220ddf45
 class Mask(IntEnum):
@@ -48,18 +48,18 @@ MASK_FILE_STEMS = {'mask1': Mask.WEAR, 'mask2': Mask.WEAR, 'mask3': Mask.WEAR, '
                    'mask5': Mask.WEAR, 'incorrect_mask': Mask.INCORRECT, 'normal': Mask.NOT_WEAR}
 
 # %% ../nbs/00_core.ipynb #3a4c0832
-def encode(mask, gender, age):
+def encode(mask, gender, age_band):
     "18-class label from mask state, gender and age band (ints or arrays)."
-    return 6 * mask + 3 * gender + age
+    return 6 * mask + 3 * gender + age_band
 
 def decode(label):
     "Mask state, gender and age band from an 18-class label (int or array)."
     return label // 6, (label // 3) % 2, label % 3
 
-def encode_known(mask, gender, age) -> np.ndarray:
+def encode_known(mask, gender, age_band) -> np.ndarray:
     "18-class labels from head arrays, `UNKNOWN` (-1) wherever any head is unknown."
-    mask, gender, age = (np.asarray(a, int) for a in (mask, gender, age))
-    return np.where((mask >= 0) & (gender >= 0) & (age >= 0), encode(mask, gender, age), UNKNOWN)
+    mask, gender, age_band = (np.asarray(a, int) for a in (mask, gender, age_band))
+    return np.where((mask >= 0) & (gender >= 0) & (age_band >= 0), encode(mask, gender, age_band), UNKNOWN)
 
 # %% ../nbs/00_core.ipynb #0854173a
 def class_name(label: int) -> str:
@@ -71,8 +71,9 @@ CLASS_NAMES = tuple(class_name(c) for c in range(N_CLASSES))
 
 # %% ../nbs/00_core.ipynb #bfda329c
 EVAL_OLD_FROM = 60  # the competition's old-age boundary; evaluation never changes it
+MIDDLE_FROM = 30  # the competition's middle-age boundary
 
-def age2band(age, old_from: int = EVAL_OLD_FROM, middle_from: int = 30):
+def age2band(age, old_from: int = EVAL_OLD_FROM, middle_from: int = MIDDLE_FROM):
     "Age band(s) from age(s) in years; NaN/None becomes `UNKNOWN`."
     a = np.asarray(age, dtype=float)
     band = np.where(a >= old_from, AgeBand.OLD, np.where(a >= middle_from, AgeBand.MIDDLE, AgeBand.YOUNG))
@@ -84,9 +85,8 @@ def seed_everything(seed: int = 42) -> int:
     "Seed Python, numpy and torch (CPU and every GPU) from one number."
     import torch
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # numpy takes seeds below 2**32
     torch.manual_seed(seed)
-    os.environ['PYTHONHASHSEED'] = str(seed)
     return seed
 
 def seed_worker(worker_id: int):

@@ -15,14 +15,13 @@ from .core import HEAD_SIZES, N_CLASSES
 __all__ = ['LOSSES', 'soft_targets', 'cross_entropy', 'focal', 'soft_f1', 'parse_spec', 'MaskLoss', 'make_loss']
 
 # %% ../nbs/06_loss.ipynb #3f33ef23
-def soft_targets(target: torch.Tensor, n_classes: int, smoothing: float = 0.) -> tuple[torch.Tensor, torch.Tensor]:
+def soft_targets(target: torch.Tensor, n_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     "Soft targets `(B, C)` and a bool mask of the known rows, from hard labels (-1 unknown) or soft rows (zeros unknown)."
     if target.dtype.is_floating_point:
         q, known = target.float(), target.sum(1) > 0
     else:
         known = target >= 0
         q = F.one_hot(target.clamp_min(0), n_classes).float()
-    if smoothing: q = q * (1 - smoothing) + smoothing / n_classes
     return q, known
 
 # %% ../nbs/06_loss.ipynb #59e8b270
@@ -73,7 +72,6 @@ class MaskLoss:
         unknown = set(class_weights or {}) - set(self.pairs)
         if unknown: raise ValueError(f'class_weights for {sorted(unknown)}: this {head!r} loss has targets {sorted(self.pairs)}')
         self.class_weights = {k: torch.as_tensor(v, dtype=torch.float) for k, v in (class_weights or {}).items()}
-        self.last = {}  # the latest per-target losses, for logging
 
     def one(self, logits, target, n_classes, class_weights=None):
         "The spec's loss for one output and its target; 0 when no row is known."
@@ -92,7 +90,6 @@ class MaskLoss:
         parts = {k: self.one(outputs[out_key(k)], targets[k], n, self.class_weights.get(k))
                  for k, n in self.pairs.items() if targets.get(k) is not None}  # a missing target = unknown
         if not parts: raise KeyError(f'{self!r} needs targets {sorted(self.pairs)}; got {sorted(targets)}')
-        self.last = {k: v.detach() for k, v in parts.items()}
         return sum(parts.values())
 
     def __repr__(self): return f'MaskLoss({self.spec!r}, head={self.head!r}, gamma={self.gamma}, smoothing={self.smoothing})'
