@@ -16,18 +16,18 @@ from tqdm.auto import tqdm
 from .core import outputs_dir, atomic_path
 from .checks import file_stamp
 from .data import box_problems, raise_problems, read_box_overrides
-from .detect import (BOX, DETECTOR, DetectorConfig, detector_settings, load_image, image_size, box_side, detect_faces,
+from .detect import (BOX, DETECTOR, DETECT_BATCH, DetectorConfig, detector_settings, load_image, image_size, box_side, detect_faces,
                             DetectorPass, CUDA_BATCH, detector_passes, choose_face, plausible, box_hits, tuning_half, show_boxes)
 _all_ = ['BOX', 'DETECTOR', 'DetectorConfig', 'load_image', 'image_size', 'box_side', 'detect_faces', 'file_stamp',  # used here
          'DetectorPass', 'CUDA_BATCH', 'detector_passes', 'choose_face', 'plausible', 'box_hits', 'tuning_half', 'show_boxes']  # importable from here as before the split
 
 # %% auto #0
-__all__ = ['BOXES_COLUMNS', 'DEFAULT_PRIOR', 'FOUND', 'OVERRIDE', 'CROP_VERSION', 'CACHE_SAMPLE', 'CROP_THREADS', 'config_key',
-           'boxes_path', 'move_aside', 'read_boxes_file', 'write_boxes', 'complete_boxes', 'apply_box_overrides',
-           'with_box_overrides', 'given_boxes', 'face_boxes', 'crop_window', 'cache_key', 'cache_record',
-           'cache_problem', 'crop_cache', 'cache_boxes', 'person_spread', 'BOX', 'DETECTOR', 'DetectorConfig',
-           'load_image', 'image_size', 'box_side', 'detect_faces', 'file_stamp', 'DetectorPass', 'CUDA_BATCH',
-           'detector_passes', 'choose_face', 'plausible', 'box_hits', 'tuning_half', 'show_boxes']
+__all__ = ['BOXES_COLUMNS', 'DEFAULT_PRIOR', 'FOUND', 'OVERRIDE', 'CROP_MARGIN', 'CROP_VERSION', 'CROP_SIZE', 'CACHE_SAMPLE',
+           'CROP_THREADS', 'config_key', 'boxes_path', 'move_aside', 'read_boxes_file', 'write_boxes', 'complete_boxes',
+           'apply_box_overrides', 'with_box_overrides', 'given_boxes', 'face_boxes', 'crop_window', 'cache_key',
+           'cache_record', 'cache_problem', 'crop_cache', 'cache_boxes', 'person_spread', 'BOX', 'DETECTOR',
+           'DetectorConfig', 'load_image', 'image_size', 'box_side', 'detect_faces', 'file_stamp', 'DetectorPass',
+           'CUDA_BATCH', 'detector_passes', 'choose_face', 'plausible', 'box_hits', 'tuning_half', 'show_boxes']
 
 # %% ../nbs/03_crop.ipynb #aa10d93e
 def config_key(*parts) -> str:
@@ -69,7 +69,7 @@ def read_boxes_file(path) -> pd.DataFrame:
 def write_boxes(paths, # photo files (a photo table's `path` column)
                 dest=None, # CSV to write (default: `boxes_path(detector)`)
                 device=None, # torch device for MTCNN
-                batch_size: int = 16, # photos per MTCNN call
+                batch_size: int = DETECT_BATCH, # photos per MTCNN call
                 chunk: int = 512, # photos detected between two saves
                 detector: DetectorConfig = DETECTOR, # detector settings
                 progress: bool = True, # show a progress bar
@@ -148,7 +148,7 @@ def given_boxes(df: pd.DataFrame, # a photo table
 
 def face_boxes(df: pd.DataFrame, # photo table: `path`; `person` steers the fallbacks; given and `OVERRIDE` boxes are used
                device=None, # torch device for the detector
-               batch_size: int = 16, # photos per detector call
+               batch_size: int = DETECT_BATCH, # photos per detector call
                detector: DetectorConfig = DETECTOR, # detector settings
                cache_dir=None, # folder of the boxes file (default: outputs_dir()/'cache')
                progress: bool = True, # show progress bars
@@ -163,9 +163,11 @@ def face_boxes(df: pd.DataFrame, # photo table: `path`; `person` steers the fall
     return out
 
 # %% ../nbs/03_crop.ipynb #b9382bcb
+CROP_MARGIN = 0.25  # fraction of the face box added on each side, unless a run says otherwise
+
 def crop_window(box, # face box x1,y1,x2,y2
                 width: int, height: int, # image size
-                margin: float = 0.25, # fraction of the box size added on each side
+                margin: float = CROP_MARGIN, # fraction of the box size added on each side
                 aspect: float = 3 / 4, # width / height of the crop
                ) -> tuple[float, float, float, float]:
     "The crop window (x1,y1,x2,y2) around a face box: margin, aspect, kept inside the image."
@@ -180,6 +182,7 @@ def crop_window(box, # face box x1,y1,x2,y2
 
 # %% ../nbs/03_crop.ipynb #6722d7e7
 CROP_VERSION = 1  # bump when the cropping code changes the pixels
+CROP_SIZE = (256, 192)  # crop (height, width) unless a run says otherwise: 3:4, the photos' portrait shape
 CACHE_SAMPLE = 64  # rows of a crop cache hashed for its completion record (spread evenly)
 CROP_THREADS = 4  # photos decoded and cropped at once while a cache is filled (at most one per core)
 
@@ -194,8 +197,12 @@ def _boxes_of(df: pd.DataFrame, columns) -> list | None:
     b = df[list(columns)].to_numpy(float)
     return [r.tolist() if np.isfinite(r).any() else None for r in b.round(3)] if np.isfinite(b).any() else None
 
-def cache_key(df: pd.DataFrame, size, margin, detector: DetectorConfig = DETECTOR) -> str:
-    "Hash of everything that changes the crops of a photo table (size is (height, width); its aspect is the crop's)."
+def cache_key(df: pd.DataFrame, # photo table: `path`; `person`, given and override boxes where it has them
+              size, # crop size (height, width); its aspect is the crop's
+              margin, # fraction of the face box added on each side
+              detector: DetectorConfig = DETECTOR, # detector settings
+             ) -> str:
+    "Hash of everything that changes the crops of a photo table."
     person = df['person'].astype(object).where(df['person'].notna(), None).tolist() if 'person' in df else None
     # named, so that given and override boxes never share a key; absent kinds leave the key of a table without boxes
     boxes = [{k: b} for k, b in (('given', _boxes_of(df, BOX)), ('override', _boxes_of(df, OVERRIDE))) if b is not None]
@@ -231,11 +238,11 @@ def _cache_folder(df, size, margin, cache_dir, detector) -> Path:
 
 # %% ../nbs/03_crop.ipynb #8ee8c7db
 def crop_cache(df: pd.DataFrame, # photo table (needs `path`; `person` steers the fallbacks; given/override boxes win)
-               size=(256, 192), # crop size (height, width); the crop's aspect is width / height
-               margin: float = 0.25, # fraction of the face box added on each side
+               size=CROP_SIZE, # crop size (height, width); the crop's aspect is width / height
+               margin: float = CROP_MARGIN, # fraction of the face box added on each side
                device=None, # torch device for the detector
                cache_dir=None, # default: outputs_dir()/'cache'
-               batch_size: int = 16, # photos per detector call
+               batch_size: int = DETECT_BATCH, # photos per detector call
                detector: DetectorConfig = DETECTOR, # detector settings
                chunk: int = 256, # crops written between two flushes
                progress: bool = True, # show progress bars
@@ -266,8 +273,12 @@ def crop_cache(df: pd.DataFrame, # photo table (needs `path`; `person` steers th
     finally: shutil.rmtree(tmp, ignore_errors=True)
     return np.load(folder / 'crops.npy', mmap_mode='r')
 
-def cache_boxes(df: pd.DataFrame, size=(256, 192), margin: float = 0.25, cache_dir=None,
-                detector: DetectorConfig = DETECTOR) -> pd.DataFrame:
+def cache_boxes(df: pd.DataFrame, # photo table given to `crop_cache`
+                size=CROP_SIZE, # crop size (height, width) given to it
+                margin: float = CROP_MARGIN, # its margin
+                cache_dir=None, # its cache folder
+                detector: DetectorConfig = DETECTOR, # its detector settings
+               ) -> pd.DataFrame:
     "The boxes, crop windows and sources behind a `crop_cache` (call `crop_cache` first)."
     return pd.read_csv(_cache_folder(df, (int(size[0]), int(size[1])), margin, cache_dir, detector) / 'boxes.csv')
 

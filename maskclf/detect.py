@@ -19,9 +19,9 @@ from .checks import to_rgb
 from .data import BOX_COLUMNS
 
 # %% auto #0
-__all__ = ['DETECTOR', 'MTCNN_SIDES', 'MTCNN_NMS', 'MTCNN_CENTRE', 'MTCNN_SCALE', 'CUDA_BATCH', 'BOX', 'load_image', 'image_size',
-           'DetectorPass', 'DetectorConfig', 'detector_passes', 'detector_settings', 'box_side', 'choose_face',
-           'plausible', 'detect_faces', 'box_hits', 'tuning_half', 'show_boxes']
+__all__ = ['DETECTOR', 'MTCNN_SIDES', 'MTCNN_NMS', 'MTCNN_CENTRE', 'MTCNN_SCALE', 'CUDA_BATCH', 'DETECT_BATCH', 'BOX', 'HIT_AREA',
+           'load_image', 'image_size', 'DetectorPass', 'DetectorConfig', 'detector_passes', 'detector_settings',
+           'box_side', 'choose_face', 'plausible', 'detect_faces', 'box_hits', 'tuning_half', 'show_boxes']
 
 # %% ../nbs/02a_detect.ipynb #c849ea78
 _TURNED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
@@ -116,7 +116,13 @@ def choose_face(boxes, # (n,4) candidate boxes
     return int(s.argmax())
 
 # %% ../nbs/02a_detect.ipynb #4c7ee38a
-def plausible(box, prob, width: int, height: int, detector: DetectorConfig = DETECTOR, min_score=None, min_rel=None) -> bool:
+def plausible(box, # face box x1,y1,x2,y2 (None or NaN: no face)
+              prob, # the detector's probability for it
+              width: int, height: int, # image size
+              detector: DetectorConfig = DETECTOR, # plausibility limits
+              min_score=None, # probability needed (None: `detector.min_score`)
+              min_rel=None, # smallest side relative to the image's shorter side (None: `detector.min_rel`)
+             ) -> bool:
     "Is this detection believable as the photo's face (probability, relative size, centre inside the image)?"
     if box is None or not np.isfinite(np.asarray(box, dtype=float)).all(): return False
     x1, y1, x2, y2 = map(float, box); rel = box_side([box])[0] / min(width, height)
@@ -292,11 +298,12 @@ def _detect_group(paths, idx, sizes, thresholds, min_face, factor, device, det_s
 
 # %% ../nbs/02a_detect.ipynb #74c75843
 CUDA_BATCH = 128  # photos per MTCNN call on a GPU at least: small batches leave it idle between Python steps
+DETECT_BATCH = 16  # photos per MTCNN call by default (on CPU, batches of 32 were no faster)
 BOX = BOX_COLUMNS  # the box columns x1,y1,x2,y2 of every box table (one list: `maskclf.data.BOX_COLUMNS`)
 
 def detect_faces(paths, # photo files
                  device=None, # torch device for MTCNN (default: CUDA where available, else CPU)
-                 batch_size: int = 16, # photos per MTCNN call (same-size photos only; on CUDA at least `CUDA_BATCH`)
+                 batch_size: int = DETECT_BATCH, # photos per MTCNN call (same-size photos only; on CUDA at least `CUDA_BATCH`)
                  detector: DetectorConfig = DETECTOR, # detector settings
                  progress: bool = True, # show a progress bar
                  workers: int = 0, # batches detected at once (0: 2; on CPU one torch thread each, at most one per core)
@@ -332,6 +339,8 @@ def detect_faces(paths, # photo files
     return df
 
 # %% ../nbs/02a_detect.ipynb #5a104879
+HIT_AREA = 3  # a hit's area lies within this factor of the annotated box's (annotators draw tighter boxes)
+
 def box_hits(found: pd.DataFrame, # boxes with `source` (only `detector` rows can count)
              truth: pd.DataFrame, # annotated boxes x1..y2, same rows
             ) -> np.ndarray:
@@ -340,7 +349,7 @@ def box_hits(found: pd.DataFrame, # boxes with `source` (only `detector` rows ca
     cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
     area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]); ta = (t[:, 2] - t[:, 0]) * (t[:, 3] - t[:, 1])
     inside = (t[:, 0] <= cx) & (cx <= t[:, 2]) & (t[:, 1] <= cy) & (cy <= t[:, 3])
-    return inside & (area >= ta / 3) & (area <= 3 * ta) & found.source.eq('detector').to_numpy()
+    return inside & (area >= ta / HIT_AREA) & (area <= HIT_AREA * ta) & found.source.eq('detector').to_numpy()
 
 # %% ../nbs/02a_detect.ipynb #d1a2b3c5
 def tuning_half(df: pd.DataFrame, # photo table with `person` (NaN: the photo is its own person) and `mask`
@@ -354,7 +363,13 @@ def tuning_half(df: pd.DataFrame, # photo table with `person` (NaN: the photo is
     return np.array([rank[p] % 2 for p in person])
 
 # %% ../nbs/02a_detect.ipynb #c0ba6214
-def show_boxes(paths, boxes: pd.DataFrame, truth=None, titles=None, ncols: int = 8, size: float = 1.8):
+def show_boxes(paths, # photo files
+               boxes: pd.DataFrame, # box rows aligned with `paths` (red; dashed where a `hit` column is False)
+               truth=None, # annotated boxes aligned with `paths` (green), or None
+               titles=None, # a title per photo, or None
+               ncols: int = 8, # axes per row
+               size: float = 1.8, # width of one axis, in inches
+              ):
     "Draw photos with their boxes (red; green: `truth`), one small axis each."
     import matplotlib.pyplot as plt  # here, not at import: training and inference never plot boxes
     n = len(paths); nrows = max(1, -(-n // ncols))

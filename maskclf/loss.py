@@ -29,14 +29,22 @@ def cross_entropy(logits, q, w):
     "Weighted mean of `-sum(q * log p)` over rows."
     return focal(logits, q, w, gamma=0.)
 
-def focal(logits, q, w, gamma: float = 2.):
+def focal(logits, # (B, C) raw scores
+          q, # (B, C) soft targets of the rows given
+          w, # (B,) row weights
+          gamma: float = 2., # focusing exponent (0: cross-entropy)
+         ):
     "Weighted mean of the focal loss `-sum(q * (1-p)^gamma * log p)` over rows."
     logp = logits.float().log_softmax(1)
     per_class = -q * logp if gamma == 0 else -q * (1 - logp.exp()).pow(gamma) * logp
     return (per_class.sum(1) * w).sum() / w.sum().clamp_min(1e-12)
 
 # %% ../nbs/06_loss.ipynb #4dbc4ca1
-def soft_f1(logits, q, class_weights=None, eps: float = 1e-7):
+def soft_f1(logits, # (B, C) raw scores
+            q, # (B, C) soft targets
+            class_weights=None, # (C,) weight of each class's F1 in the mean, or None
+            eps: float = 1e-7, # keeps classes without any mass finite
+           ):
     "`1 -` the mean differentiable F1 over the classes present in the targets `q`."
     p = logits.float().softmax(1)
     tp, fp, fn = (p * q).sum(0), (p * (1 - q)).sum(0), ((1 - p) * q).sum(0)
@@ -73,7 +81,12 @@ class MaskLoss:
         if unknown: raise ValueError(f'class_weights for {sorted(unknown)}: this {head!r} loss has targets {sorted(self.pairs)}')
         self.class_weights = {k: torch.as_tensor(v, dtype=torch.float) for k, v in (class_weights or {}).items()}
 
-    def one(self, logits, target, n_classes, class_weights=None):
+    def one(self,
+            logits, # (B, C) raw scores of one output
+            target, # (B,) labels with -1 unknown, or (B, C) soft rows
+            n_classes: int, # classes of this output
+            class_weights=None, # (C,) class weights, or None
+           ):
         "The spec's loss for one output and its target; 0 when no row is known."
         q, known = soft_targets(target, n_classes)
         if not known.any(): return logits.sum() * 0.
