@@ -13,8 +13,8 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['UNKNOWN', 'HEADS', 'HEAD_SIZES', 'N_CLASSES', 'MASK_NAMES', 'GENDER_NAMES', 'AGE_NAMES', 'HEAD_NAMES',
-           'MASK_FILE_STEMS', 'CLASS_NAMES', 'EVAL_OLD_FROM', 'MIDDLE_FROM', 'Mask', 'Gender', 'AgeBand', 'encode',
-           'decode', 'encode_known', 'class_name', 'age2band', 'seed_everything', 'seed_worker', 'repo_root',
+           'MASK_FILE_STEMS', 'CLASS_NAMES', 'EVAL_OLD_FROM', 'MIDDLE_FROM', 'LOCK_TRIES', 'Mask', 'Gender', 'AgeBand',
+           'encode', 'decode', 'encode_known', 'class_name', 'age2band', 'seed_everything', 'seed_worker', 'repo_root',
            'outputs_dir', 'shared_dir', 'real_data', 'in_test', 'fresh_dir', 'atomic_path', 'save_json',
            'process_start', 'process_alive', 'clean_stale_tmp', 'FolderLockedError', 'lock_path', 'read_lock',
            'lock_is_live', 'acquire_lock', 'release_lock', 'folder_lock', 'code_version', 'get_device']
@@ -202,6 +202,8 @@ def lock_is_live(holder: dict) -> bool:
     return process_alive(int(holder['pid']), holder.get('start'))
 
 # %% ../nbs/00_core.ipynb #2aec19b9
+LOCK_TRIES = 5  # attempts at a lock while other processes keep clearing stale ones and taking it
+
 def acquire_lock(folder) -> Path:
     "Take `folder`'s lock for this process, clearing a stale one; refuse, naming the holder, while another lives."
     lock = lock_path(folder); lock.parent.mkdir(parents=True, exist_ok=True)
@@ -210,7 +212,7 @@ def acquire_lock(folder) -> Path:
               started=time.strftime('%Y-%m-%d %H:%M:%S %Z'))
     tmp = lock.with_name(f'{lock.name}.tmp{os.getpid()}'); tmp.write_text(json.dumps(me) + '\n')
     try:
-        for _ in range(5):
+        for _ in range(LOCK_TRIES):
             try: os.link(tmp, lock); return lock  # atomic: fails while a lock exists
             except FileExistsError: pass
             holder = read_lock(folder)
