@@ -14,7 +14,8 @@ import torch
 from .core import N_CLASSES, save_json, get_device, fresh_dir
 from .config import resolve_config
 from .metrics import PROB_COLS, score, scored_classes, nan_to_none, oof_probs, check_probs, class_report
-from .learn import CheckpointError, load_checkpoint, load_model, make_precision, eval_loader, predict_probs
+from .learn import make_precision, eval_loader, predict_probs
+from .checkpoint import CheckpointError, load_checkpoint, load_model
 from .fold import get_pixels, save_submission
 from .runs import run_dir, fold_status, read_config, read_oof
 from .data import has_eval, DataError, raise_problems
@@ -51,7 +52,7 @@ def photo_problems(paths, # image files
     return {p: why for p, why in zip(paths, image_problems(paths, progress=False)) if why}
 
 # %% ../nbs/08_infer.ipynb #f175c739
-def predict(checkpoint, # a `best.pt` / `last.pt` written by `maskclf.learn`
+def predict(checkpoint, # a `best.pt` / `last.pt` written by `maskclf.checkpoint.save_checkpoint`
             data, # competition folder (eval set), labels CSV, list of image paths, or photo table
             tta: str = 'hflip', # TTA views: 'none', 'hflip', 'hflip+scale' (`maskclf.augment.TTA_MODES`)
             batch_size: int = 64, # images per forward pass

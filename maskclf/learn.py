@@ -4,7 +4,7 @@
 
 # %% ../nbs/07b_learn.ipynb #3c576714
 from __future__ import annotations
-import importlib, json, math, os, pickle, time
+import importlib, math, os, time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,15 +21,14 @@ from .augment import tta_wrapper
 from .config import resolve_config, crop_size
 from .metrics import score, selection_metric, check_probs, NonFiniteLossError
 from .distributed import dist_info, Shard, gather_shards, unwrap, barrier
+from .checkpoint import save_checkpoint
 from .report import tensorboard_writer, log_epoch, speed
 
 # %% auto #0
-__all__ = ['RANK_SEED_STRIDE', 'PLATEAU_FACTOR', 'PLATEAU_PATIENCE', 'ONECYCLE_SPARE_STEPS', 'CHECKPOINT_KEYS',
-           'MODEL_CONFIG_KEYS', 'CHECKPOINT_HELP', 'MAX_AUTO_WORKERS', 'CropDataset', 'seed_tfms_worker',
-           'dataset_attr', 'balanced_weights', 'make_loader', 'reseed_loader', 'make_optimizer', 'Schedule',
-           'Precision', 'make_precision', 'resolve_augment_on', 'make_dataset', 'train_one_epoch', 'predict_probs',
-           'validate', 'eval_loader', 'CheckpointError', 'save_checkpoint', 'checkpoint_problem', 'load_checkpoint',
-           'build_model', 'load_model', 'auto_workers', 'make_mix', 'append_history', 'fit']
+__all__ = ['RANK_SEED_STRIDE', 'PLATEAU_FACTOR', 'PLATEAU_PATIENCE', 'ONECYCLE_SPARE_STEPS', 'MAX_AUTO_WORKERS', 'CropDataset',
+           'seed_tfms_worker', 'dataset_attr', 'balanced_weights', 'make_loader', 'reseed_loader', 'make_optimizer',
+           'Schedule', 'Precision', 'make_precision', 'resolve_augment_on', 'make_dataset', 'train_one_epoch',
+           'predict_probs', 'validate', 'eval_loader', 'auto_workers', 'make_mix', 'append_history', 'fit']
 
 # %% ../nbs/07b_learn.ipynb #d1b52abb
 class CropDataset(Dataset):
@@ -296,91 +295,6 @@ def eval_loader(pixels, # crops (N, H, W, 3) uint8
     ds = make_dataset(pixels, np.asarray(idx), targets, crop_size(cfg), data_config, 'none', on)
     return make_loader(Shard(ds, rank, world) if world > 1 else ds, batch_size, False)
 
-# %% ../nbs/07b_learn.ipynb #cfb277b2
-CHECKPOINT_KEYS = ('model', 'config', 'epoch', 'metric', 'best', 'best_epoch', 'optimizer', 'schedule', 'scaler')
-MODEL_CONFIG_KEYS = ('model', 'head', 'arc_s', 'arc_m', 'img_size', 'crop_aspect', 'crop_margin')  # shape the model and crops
-CHECKPOINT_HELP = (f'A maskclf checkpoint is a dict saved by maskclf.learn.save_checkpoint (best.pt, last.pt) with keys '
-                   f'{", ".join(CHECKPOINT_KEYS)}: tensors and plain data only, its config holding at least '
-                   f'{", ".join(MODEL_CONFIG_KEYS)}.')
-
-class CheckpointError(ValueError):
-    "A file is not a usable maskclf checkpoint; the message names it and says what a checkpoint holds."
-
-def save_checkpoint(path, # the file to write (via a temporary file and a rename)
-                    model, # its weights (a DDP wrapper is unwrapped)
-                    optimizer=None, schedule=None, scaler=None, # their states, to resume
-                    epoch: int = 0, # the epoch just finished
-                    metric: float = float('nan'), # its validation metric
-                    best: float = float('nan'), # the best metric so far
-                    config: dict | None = None, # the run config (rebuilds the model: `load_model`)
-                    best_epoch: int = -1, # the epoch of `best`
-                   ) -> Path:
-    "Write a checkpoint atomically to `path`; weights that are not finite are refused."
-    weights = unwrap(model).state_dict()
-    bad = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad: raise NonFiniteLossError(f'not saving {path}: {len(bad)} weight tensors are not finite (e.g. {bad[0]}) at epoch {epoch}')
-    state = dict(model=weights, epoch=int(epoch), metric=float(metric), best=float(best),
-                 best_epoch=int(best_epoch),
-                 config=json.loads(json.dumps(config or {}, default=str)),
-                 optimizer=optimizer.state_dict() if optimizer else None,
-                 schedule=schedule.state_dict() if schedule else None,
-                 scaler=scaler.state_dict() if scaler is not None and scaler.is_enabled() else None)
-    with atomic_path(path) as tmp: torch.save(state, tmp)
-    return Path(path)
-
-def checkpoint_problem(ck) -> str | None:
-    "What makes a loaded checkpoint unusable (missing keys, an incomplete or invalid config), or None."
-    if not isinstance(ck, dict): return f'it holds a {type(ck).__name__}, not a dict'
-    missing = [k for k in ('model', 'config', 'epoch') if k not in ck]
-    if missing: return f'it lacks the key(s) {missing} (it has {sorted(map(str, ck))[:10]})'
-    cfg = ck['config']
-    if not isinstance(cfg, dict): return f'its config is a {type(cfg).__name__}, not a dict'
-    lacks = [k for k in MODEL_CONFIG_KEYS if k not in cfg]
-    if lacks: return f'its config lacks {lacks}, which shape the model and its crops'
-    try: resolve_config(cfg)
-    except (KeyError, ValueError) as e: return f'its config is not valid here ({e})'
-    if not isinstance(ck['model'], dict) or not all(isinstance(v, torch.Tensor) for v in ck['model'].values()):
-        return 'its model entry is not a state dict of tensors'
-
-def load_checkpoint(path, device='cpu') -> dict:
-    "Read and check a checkpoint written by `save_checkpoint` (weights only: no code is unpickled)."
-    path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f'{path}: no such checkpoint file. {CHECKPOINT_HELP}')
-    try: ck = torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as e:  # weights_only found code (a global), or the bytes are no pickle at all
-        why = ('it holds Python objects other than tensors and plain data, which could run code when loaded, so it is '
-               'refused' if 'global' in str(e).lower() else 'not a readable checkpoint (truncated, damaged or another format)')
-        raise CheckpointError(f'{path}: not a maskclf checkpoint: {why}. {CHECKPOINT_HELP}') from None
-    except Exception as e:
-        raise CheckpointError(f'{path}: not a readable checkpoint (truncated, damaged or another format; '
-                              f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}). {CHECKPOINT_HELP}') from None
-    problem = checkpoint_problem(ck)
-    if problem: raise CheckpointError(f'{path}: not a complete maskclf checkpoint: {problem}. {CHECKPOINT_HELP}')
-    return ck
-
-def build_model(cfg: dict, pretrained=None) -> nn.Module:
-    "The model a config describes (`pretrained` overrides the config's weight source)."
-    from maskclf.model import create_model
-    cfg = resolve_config(cfg)  # a config saved before `drop_rate` existed gets the dropout it was trained with
-    return create_model(cfg['model'], head=cfg['head'], pretrained=cfg['pretrained'] if pretrained is None else pretrained,
-                        arc_s=cfg['arc_s'], arc_m=cfg['arc_m'], drop_rate=cfg['drop_rate'])
-
-def load_model(checkpoint, # a checkpoint file, or the dict `load_checkpoint` returned
-               device=None, # torch device; default CUDA where available
-              ) -> nn.Module:
-    "Rebuild a model from a checkpoint (path or dict) using only its saved config; eval mode, on `device`."
-    where = checkpoint if isinstance(checkpoint, (str, Path)) else 'the checkpoint'
-    ck = load_checkpoint(checkpoint) if isinstance(checkpoint, (str, Path)) else checkpoint
-    problem = checkpoint_problem(ck)
-    if problem: raise CheckpointError(f'{where}: not a complete maskclf checkpoint: {problem}. {CHECKPOINT_HELP}')
-    cfg = resolve_config(ck['config'])
-    model = build_model(cfg, pretrained=False)
-    try: model.load_state_dict(ck['model'])
-    except RuntimeError as e:
-        raise CheckpointError(f"{where}: its weights do not fit the model its config describes ({cfg['model']}, head "
-                              f"{cfg['head']}): {str(e).splitlines()[0]} {CHECKPOINT_HELP}") from None
-    return model.to(get_device(device)).eval()
-
 # %% ../nbs/07b_learn.ipynb #0d349a73
 MAX_AUTO_WORKERS = 8  # num_workers=-1 on a GPU: one per core up to this
 
@@ -457,6 +371,8 @@ _MOVED = dict(  # module -> names that lived in `maskclf.learn` before issue 12 
     metrics='train_targets keep_for_training head_truth scored_classes selection_keys not_scored nan_to_none format_scores '
             'oof_probs make_oof',
     distributed='setup_distributed',
+    checkpoint='CHECKPOINT_KEYS MODEL_CONFIG_KEYS CHECKPOINT_HELP CheckpointError checkpoint_problem load_checkpoint '
+               'build_model load_model',
     report='TB_NAMES plot_history plot_confusion plot_head_confusions plot_class_f1 plot_mistakes save_figures describe_scored write_report',
     fold='load_tables get_pixels fold_dir_for fold_state open_fold_dir locked_fold trim_history run_fold finish_fold '
          'fit_split save_submission')
