@@ -31,7 +31,9 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(path, # the file to write (via a temporary file and a rename)
                     model, # its weights (a DDP wrapper is unwrapped)
-                    optimizer=None, schedule=None, scaler=None, # their states, to resume
+                    optimizer=None, # its state is saved, to resume
+                    schedule=None, # a `maskclf.learn.Schedule`: its state too
+                    scaler=None, # the grad scaler's state (fp16 only)
                     epoch: int = 0, # the epoch just finished
                     metric: float = float('nan'), # its validation metric
                     best: float = float('nan'), # the best metric so far

@@ -141,7 +141,11 @@ def run_ensemble(run: str, params: dict | None = None, quiet: bool = False) -> d
     return r
 
 # %% ../nbs/09_cli.ipynb #4eb9008e
-def train_fold(run: str, fold: int = 0, n_folds: int = 5, params: dict | None = None) -> dict:
+def train_fold(run: str, # run name: outputs/<run>/fold<fold>/
+               fold: int = 0, # the fold to validate on
+               n_folds: int = 5, # number of folds
+               params: dict | None = None, # other run parameters (keys of `maskclf.config.DEFAULT_CONFIG`)
+              ) -> dict:
     "One fold via `maskclf.fold.run_fold` (DDP when launched by torchrun)."
     import torch.distributed as dist
     from maskclf.fold import run_fold

@@ -4,14 +4,15 @@
 
 # %% ../nbs/07_config.ipynb #a71713fb
 from __future__ import annotations
+import os
 from pathlib import Path
 
 from .core import EVAL_OLD_FROM, outputs_dir
 from .augment import TTA_MODES
 
 # %% auto #0
-__all__ = ['DEFAULT_CONFIG', 'CHOICES', 'EVAL_BATCH_FACTOR', 'RESUME_FREE', 'resolve_config', 'as_list', 'crop_size',
-           'eval_batch_size', 'run_folder', 'check_resume_config']
+__all__ = ['DEFAULT_CONFIG', 'CHOICES', 'EVAL_BATCH_FACTOR', 'MAX_AUTO_WORKERS', 'RESUME_FREE', 'resolve_config', 'as_list',
+           'crop_size', 'eval_batch_size', 'run_folder', 'auto_workers', 'check_resume_config']
 
 # %% ../nbs/07_config.ipynb #af2b2807
 DEFAULT_CONFIG = dict(
@@ -93,6 +94,12 @@ def eval_batch_size(cfg: dict) -> int:
 def run_folder(run) -> Path:
     "outputs/<run>/: the folder a run name stands for (an absolute `run` is the folder itself)."
     return outputs_dir() / run
+
+MAX_AUTO_WORKERS = 8  # num_workers=-1 on a GPU: one per core up to this
+
+def auto_workers(n: int, device) -> int:
+    "DataLoader workers for `num_workers=n`: `n` if >= 0, else 0 on CPU (the main process is fastest there), else min(8, cores)."
+    return n if n >= 0 else (0 if device.type == 'cpu' else min(MAX_AUTO_WORKERS, os.cpu_count() or 1))
 
 RESUME_FREE = ('resume', 'overwrite', 'epochs', 'patience', 'num_workers', 'tensorboard')  # may change on resume
 

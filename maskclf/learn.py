@@ -4,7 +4,7 @@
 
 # %% ../nbs/07b_learn.ipynb #3c576714
 from __future__ import annotations
-import importlib, math, os, time
+import importlib, math, time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,22 +18,24 @@ from tqdm.auto import tqdm
 
 from .core import HEADS, N_CLASSES, UNKNOWN, seed_everything, atomic_path, get_device
 from .augment import tta_wrapper
-from .config import resolve_config, crop_size
+from .config import crop_size
 from .metrics import score, selection_metric, check_probs, NonFiniteLossError
 from .distributed import dist_info, Shard, gather_shards, unwrap, barrier
 from .checkpoint import save_checkpoint
 from .report import tensorboard_writer, log_epoch, speed
 
 # %% auto #0
-__all__ = ['RANK_SEED_STRIDE', 'PLATEAU_FACTOR', 'PLATEAU_PATIENCE', 'ONECYCLE_SPARE_STEPS', 'MAX_AUTO_WORKERS', 'CropDataset',
-           'seed_tfms_worker', 'dataset_attr', 'balanced_weights', 'make_loader', 'reseed_loader', 'make_optimizer',
-           'Schedule', 'Precision', 'make_precision', 'resolve_augment_on', 'make_dataset', 'train_one_epoch',
-           'predict_probs', 'validate', 'eval_loader', 'auto_workers', 'make_mix', 'append_history', 'fit']
+__all__ = ['RANK_SEED_STRIDE', 'PLATEAU_FACTOR', 'PLATEAU_PATIENCE', 'ONECYCLE_SPARE_STEPS', 'CropDataset', 'seed_tfms_worker',
+           'dataset_attr', 'balanced_weights', 'make_loader', 'reseed_loader', 'make_optimizer', 'Schedule',
+           'Precision', 'make_precision', 'resolve_augment_on', 'make_dataset', 'train_one_epoch', 'predict_probs',
+           'validate', 'eval_loader', 'make_mix', 'append_history', 'fit']
 
 # %% ../nbs/07b_learn.ipynb #d1b52abb
 class CropDataset(Dataset):
     "Rows `idx` of a crop array (N,H,W,3 uint8) with their targets, through an albumentations pipeline or as uint8."
-    def __init__(self, pixels, idx, targets: dict,
+    def __init__(self, pixels, # crops (N, H, W, 3) uint8, e.g. a memmapped crop cache
+                 idx, # the rows of `pixels` this dataset serves, in order
+                 targets: dict, # per-head targets and `label` of all N rows (-1 unknown)
                  tfms=None,  # albumentations pipeline; None: the crop as a uint8 (H,W,3) tensor
                  batch_tfms=None):  # what the loop runs on each batch on the device (`maskclf.augment.batch_tfms`)
         self.pixels, self.idx, self.tfms, self.batch_tfms = pixels, np.asarray(idx), tfms, batch_tfms
@@ -70,7 +72,8 @@ def make_loader(ds: Dataset, # a `CropDataset` (or a `Shard` of one)
                 seed: int = 0, # seeds the loader's generator: order, sampling, worker seeds
                 num_workers: int = 0, # DataLoader worker processes (0: the main process)
                 sampler: str = 'random', # 'random' or 'balanced' (`balanced_weights`), training only
-                rank: int = 0, world: int = 1, # this process and the number of processes under DDP
+                rank: int = 0, # this process under DDP
+                world: int = 1, # the number of processes under DDP
                ) -> DataLoader:
     "A DataLoader whose randomness all comes from one seeded generator (`loader.generator`)."
     gen = torch.Generator().manual_seed(seed)
@@ -122,7 +125,8 @@ class Schedule:
     "A learning-rate schedule with `step_batch()` and `step_epoch(metric)`; only the right one acts."
     def __init__(self, optimizer, # the optimizer whose lr it sets
                  name: str = 'cosine', # 'cosine' (warm-up, then cosine), 'onecycle', 'plateau' or 'none'
-                 epochs: int = 1, steps_per_epoch: int = 1, # the run's length
+                 epochs: int = 1, # the run's length in epochs
+                 steps_per_epoch: int = 1, # and in batches per epoch
                  warmup_epochs: float = 1., # 'cosine': linear warm-up over this many epochs
                 ):
         self.name, total = name.lower(), max(1, epochs * steps_per_epoch)
@@ -150,10 +154,10 @@ class Schedule:
 @dataclass
 class Precision:
     "How tensors are computed: device, autocast dtype (None = fp32), grad scaler, memory format."
-    device: torch.device
-    dtype: torch.dtype | None
-    scaler: torch.amp.GradScaler
-    channels_last: bool = False
+    device: torch.device  # where tensors are computed
+    dtype: torch.dtype | None  # the autocast dtype; None = fp32
+    scaler: torch.amp.GradScaler  # enabled for fp16 only
+    channels_last: bool = False  # float NCHW batches and the weights in NHWC memory order
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else nullcontext()
     def to_device(self, x: torch.Tensor) -> torch.Tensor:
@@ -185,7 +189,9 @@ def resolve_augment_on(setting: str, device) -> str:
     if setting not in ('auto', 'cpu', 'device'): raise ValueError(f"augment_on must be 'auto', 'cpu' or 'device', not {setting!r}")
     return ('device' if get_device(device).type == 'cuda' else 'cpu') if setting == 'auto' else setting
 
-def make_dataset(pixels, idx, targets: dict,
+def make_dataset(pixels, # crops (N, H, W, 3) uint8
+                 idx, # the rows to serve, in order
+                 targets: dict, # per-head targets and `label` of all N rows (-1 unknown)
                  size,  # (height, width) of the model input
                  data_config: dict,  # the model's `data_config` (its `mean` and `std`)
                  level: str = 'none',  # augmentation level: 'none' (evaluation), 'light' or 'strong'
@@ -287,7 +293,8 @@ def eval_loader(pixels, # crops (N, H, W, 3) uint8
                 data_config: dict, # the model's mean and std
                 device, # where the model runs ('auto' input path: the device's)
                 batch_size: int, # crops per batch
-                rank: int = 0, world: int = 1, # this process's shard under DDP
+                rank: int = 0, # this process's shard under DDP
+                world: int = 1, # the number of shards
                ) -> DataLoader:
     "The one way crops are fed for prediction: unaugmented, on the run's input path, sharded under DDP."
     if targets is None: targets = {h: np.full(len(pixels), UNKNOWN) for h in ('label', *HEADS)}
@@ -296,12 +303,6 @@ def eval_loader(pixels, # crops (N, H, W, 3) uint8
     return make_loader(Shard(ds, rank, world) if world > 1 else ds, batch_size, False)
 
 # %% ../nbs/07b_learn.ipynb #0d349a73
-MAX_AUTO_WORKERS = 8  # num_workers=-1 on a GPU: one per core up to this
-
-def auto_workers(n: int, device: torch.device) -> int:
-    "DataLoader workers: `n` if >= 0, else 0 on CPU (the main process is fastest there), else min(8, cores)."
-    return n if n >= 0 else (0 if device.type == 'cpu' else min(MAX_AUTO_WORKERS, os.cpu_count() or 1))
-
 def make_mix(name: str):
     "The batch-mixing function for `mix` ('none', 'cutmix', 'mixup'), or None."
     if name in (None, '', 'none'): return None
@@ -367,7 +368,7 @@ def fit(model, # the model (DDP-wrapped under torchrun)
 
 # %% ../nbs/07b_learn.ipynb #ef4331b6
 _MOVED = dict(  # module -> names that lived in `maskclf.learn` before issue 12 and still import from here
-    config='DEFAULT_CONFIG CHOICES as_list check_resume_config',
+    config='DEFAULT_CONFIG CHOICES resolve_config as_list check_resume_config auto_workers',
     metrics='train_targets keep_for_training head_truth scored_classes selection_keys not_scored nan_to_none format_scores '
             'oof_probs make_oof',
     distributed='setup_distributed',

@@ -4,12 +4,11 @@
 
 # %% ../nbs/08a_post.ipynb #442ae218
 from __future__ import annotations
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .core import N_CLASSES, HEAD_SIZES, MASK_NAMES, GENDER_NAMES, decode, atomic_path
+from .core import N_CLASSES, HEAD_SIZES, MASK_NAMES, GENDER_NAMES, atomic_path
 
 # %% auto #0
 __all__ = ['MASK_COUNTS', 'BAND_AGES', 'image_signature', 'group_photos', 'group_purity', 'head_marginals', 'pool_groups',

@@ -9,7 +9,7 @@ os.environ.setdefault('NO_ALBUMENTATIONS_UPDATE', '1')
 import maskclf
 
 OLD_NAMES = {  # old import path -> the module that holds the name now
-    'learn': dict(config='DEFAULT_CONFIG CHOICES resolve_config as_list crop_size check_resume_config',
+    'learn': dict(config='DEFAULT_CONFIG CHOICES resolve_config as_list crop_size check_resume_config auto_workers',
                   metrics='train_targets keep_for_training head_truth score scored_classes selection_keys selection_metric '
                           'not_scored nan_to_none format_scores oof_probs make_oof NonFiniteLossError',
                   checkpoint='CheckpointError save_checkpoint load_checkpoint checkpoint_problem build_model load_model '
@@ -20,7 +20,7 @@ OLD_NAMES = {  # old import path -> the module that holds the name now
                   fold='load_tables get_pixels fold_dir_for fold_state open_fold_dir locked_fold trim_history run_fold '
                        'finish_fold fit_split save_submission',
                   learn='CropDataset make_loader reseed_loader make_optimizer Schedule Precision make_precision make_dataset '
-                        'train_one_epoch predict_probs validate fit eval_loader auto_workers make_mix append_history'),
+                        'train_one_epoch predict_probs validate fit eval_loader make_mix append_history'),
     'infer': dict(infer='predict ensemble write_submission ensemble_run probs_frame read_photos',
                   metrics='PROB_COLS check_probs class_report',
                   runs='FOLD_FILES IGNORED_PARAMS run_dir fold_status read_config read_oof run_summary compare_runs',
