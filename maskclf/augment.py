@@ -122,7 +122,6 @@ class TTAWrapper(nn.Module):
         super().__init__()
         if tta not in TTA_MODES: raise ValueError(f'unknown tta {tta!r}: choose one of {tuple(TTA_MODES)}')
         self.model, self.tta, self.views = model, tta, ttach.Compose(TTA_MODES[tta])
-        self.data_config = getattr(model, 'data_config', None)
 
     def forward(self, x, target=None) -> dict:
         probs = {}
