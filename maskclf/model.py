@@ -175,8 +175,8 @@ class MaskModel(nn.Module):
     def __init__(self, backbone: nn.Module, head: nn.Module, drop_rate: float = 0.):
         super().__init__()
         self.backbone, self.drop, self.head = backbone, nn.Dropout(drop_rate), head
-        cfg = resolve_data_config({}, model=backbone)
-        self.data_config = dict(input_size=tuple(cfg['input_size']), mean=tuple(cfg['mean']), std=tuple(cfg['std']))
+        data_cfg = resolve_data_config({}, model=backbone)  # timm's input size and normalisation for these weights
+        self.data_config = dict(input_size=tuple(data_cfg['input_size']), mean=tuple(data_cfg['mean']), std=tuple(data_cfg['std']))
         self.weight_source = 'random initialisation'
 
     def features(self, x): return self.backbone(x)
