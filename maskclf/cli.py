@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .core import repo_root, outputs_dir
+from .core import repo_root
+from .config import run_folder
 
 # %% auto #0
 __all__ = ['PATH_PARAMS', 'parse_value', 'parse_params', 'absolute_paths', 'gpu_slots', 'run_notebook', 'log_tail',
@@ -96,7 +97,7 @@ def run_folds(run: str, # run name: results go to outputs/<run>/fold<k>/
               notebook=None, # the fold notebook (default nbs/train.ipynb)
              ) -> pd.DataFrame:
     "Train folds through `nbs/train.ipynb`, one per GPU at a time, then ensemble; one row per fold."
-    nb, rd = Path(notebook or notebook_path('train.ipynb')), outputs_dir() / run
+    nb, rd = Path(notebook or notebook_path('train.ipynb')), run_folder(run)
     folds = list(range(n_folds)) if folds is None else list(folds)
     todo, rows, lock = queue.Queue(), [], threading.Lock()
     for k in folds: todo.put(k)
@@ -128,7 +129,7 @@ def run_folds(run: str, # run name: results go to outputs/<run>/fold<k>/
 
 def run_ensemble(run: str, params: dict | None = None, quiet: bool = False) -> dict:
     "Execute `nbs/ensemble.ipynb` for a run; the executed notebook lands in `outputs/<run>/ensemble/`."
-    rd = outputs_dir() / run
+    rd = run_folder(run)
     r = run_notebook(notebook_path('ensemble.ipynb'), rd / 'logs' / 'ensemble.ipynb', dict(params or {}, run=run),
                      rd / 'logs' / 'ensemble.log')
     dest = rd / (params or {}).get('dest', 'ensemble')
@@ -140,10 +141,14 @@ def run_ensemble(run: str, params: dict | None = None, quiet: bool = False) -> d
     return r
 
 # %% ../nbs/09_cli.ipynb #4eb9008e
-def train_fold(run: str, fold: int = 0, n_folds: int = 5, params: dict | None = None) -> dict:
-    "One fold via `maskclf.learn.run_fold` (DDP when launched by torchrun)."
+def train_fold(run: str, # run name: outputs/<run>/fold<fold>/
+               fold: int = 0, # the fold to validate on
+               n_folds: int = 5, # number of folds
+               params: dict | None = None, # other run parameters (keys of `maskclf.config.DEFAULT_CONFIG`)
+              ) -> dict:
+    "One fold via `maskclf.fold.run_fold` (DDP when launched by torchrun)."
     import torch.distributed as dist
-    from maskclf.learn import run_fold
+    from maskclf.fold import run_fold
     try: return run_fold(dict(params or {}, run=run, fold=fold, n_folds=n_folds))
     finally:
         if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
@@ -162,7 +167,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument('--timeout', type=float, help='seconds allowed per fold'); add_params(f)
     f.add_argument('-e', '--ensemble-param', nargs=2, action='append', metavar=('KEY', 'VALUE'),
                    help='a parameter of nbs/ensemble.ipynb, e.g. -e identity true, repeatable')
-    t = sub.add_parser('train', help='one fold via maskclf.learn.run_fold (works under torchrun)')
+    t = sub.add_parser('train', help='one fold via maskclf.fold.run_fold (works under torchrun)')
     t.add_argument('--run', '--run-name', dest='run', required=True,
                    help='run name: outputs/<run>/fold<k>/ (under torchrun write --run-name: torchrun takes --run)')
     t.add_argument('--fold', type=int, default=0, help='the fold to validate on')
@@ -188,7 +193,7 @@ def main(argv=None) -> int:
         return 0
     if a.command == 'ensemble': return 0 if run_ensemble(a.run, params)['returncode'] == 0 else 1
     if a.command == 'compare':
-        from maskclf.infer import compare_runs
+        from maskclf.runs import compare_runs
         print(compare_runs(a.root).to_string()); return 0
 
 if __name__ == '__main__' and 'get_ipython' not in globals(): sys.exit(main())

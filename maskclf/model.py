@@ -31,7 +31,11 @@ class LinearHead(nn.Module):
 # %% ../nbs/05_model.ipynb #21303287
 class ArcFaceHead(nn.Module):
     "Cosine logits `s*cos` over the 18 classes, with additive angular margin `m` on the target in training."
-    def __init__(self, in_features: int, n_classes: int = N_CLASSES, s: float = 30., m: float = 0.4):
+    def __init__(self, in_features: int, # size of the pooled features
+                 n_classes: int = N_CLASSES, # one weight vector per class
+                 s: float = 30., # scale of the cosine logits
+                 m: float = 0.4, # additive angular margin (radians) on the target, training only
+                ):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(n_classes, in_features))
         nn.init.xavier_uniform_(self.weight)
@@ -171,8 +175,8 @@ class MaskModel(nn.Module):
     def __init__(self, backbone: nn.Module, head: nn.Module, drop_rate: float = 0.):
         super().__init__()
         self.backbone, self.drop, self.head = backbone, nn.Dropout(drop_rate), head
-        cfg = resolve_data_config({}, model=backbone)
-        self.data_config = dict(input_size=tuple(cfg['input_size']), mean=tuple(cfg['mean']), std=tuple(cfg['std']))
+        data_cfg = resolve_data_config({}, model=backbone)  # timm's normalisation for these weights
+        self.data_config = dict(mean=tuple(data_cfg['mean']), std=tuple(data_cfg['std']))
         self.weight_source = 'random initialisation'
 
     def features(self, x): return self.backbone(x)
@@ -181,7 +185,11 @@ class MaskModel(nn.Module):
 # %% ../nbs/05_model.ipynb #da6a4f1b
 HEAD_TYPES = ('linear', 'arcface', 'multi')
 
-def make_head(head: str, in_features: int, arc_s: float = 30., arc_m: float = 0.4) -> nn.Module:
+def make_head(head: str, # 'linear', 'arcface' or 'multi'
+              in_features: int, # size of the pooled features
+              arc_s: float = 30., # ArcFace scale
+              arc_m: float = 0.4, # ArcFace margin (radians)
+             ) -> nn.Module:
     "The head called `head` ('linear', 'arcface' or 'multi') over `in_features` features."
     if head == 'linear': return LinearHead(in_features)
     if head == 'arcface': return ArcFaceHead(in_features, s=arc_s, m=arc_m)

@@ -4,12 +4,11 @@
 
 # %% ../nbs/08a_post.ipynb #442ae218
 from __future__ import annotations
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .core import N_CLASSES, HEAD_SIZES, MASK_NAMES, GENDER_NAMES, decode, atomic_path
+from .core import N_CLASSES, HEAD_SIZES, MASK_NAMES, GENDER_NAMES, atomic_path
 
 # %% auto #0
 __all__ = ['MASK_COUNTS', 'BAND_AGES', 'image_signature', 'group_photos', 'group_purity', 'head_marginals', 'pool_groups',
@@ -113,7 +112,7 @@ def identity_effect(oof: pd.DataFrame, # out-of-fold table (path, person, labels
                     mask_weight: float = 0., # strength of the 5/1/1 mask assignment (0: off)
                    ) -> dict:
     "Group purity and the out-of-fold scores before and after pooling gender and age within groups."
-    from maskclf.learn import score, oof_probs
+    from maskclf.metrics import score, oof_probs
     groups = group_photos(image_signature(oof.path) if features is None else features)
     p0 = oof_probs(oof); p1 = pool_groups(p0, groups, weight)
     if mask_weight: p1 = assign_masks(p1, groups, mask_weight)
@@ -123,7 +122,7 @@ def identity_effect(oof: pd.DataFrame, # out-of-fold table (path, person, labels
 
 # %% ../nbs/08a_post.ipynb #5f0c84f1
 def macro_f1(labels, pred, n: int = N_CLASSES) -> float:
-    "Macro F1 over the classes present in `labels` (as `maskclf.learn.score`), on rows with a known label; NaN without any."
+    "Macro F1 over the classes present in `labels` (as `maskclf.metrics.score`), on rows with a known label; NaN without any."
     labels, pred = np.asarray(labels), np.asarray(pred); k = labels >= 0
     cm = np.bincount(labels[k] * n + pred[k], minlength=n * n).reshape(n, n)
     tp, denom, present = np.diag(cm), cm.sum(0) + cm.sum(1), cm.sum(1) > 0
@@ -167,7 +166,7 @@ def cv_offsets(oof: pd.DataFrame, # out-of-fold table with `label`, `fold`, p0..
                **kwargs, # passed to `fit_offsets`
               ) -> pd.DataFrame:
     "Cross-validated macro F1 with and without fitted offsets: one row per held-out fold, plus 'pooled'."
-    from maskclf.learn import oof_probs
+    from maskclf.metrics import oof_probs
     p = oof_probs(oof) if probs is None else np.asarray(probs); y = oof.label.to_numpy(); f = oof.fold.to_numpy()
     after = p.copy(); rows = {}
     for k in np.unique(f):
@@ -210,7 +209,7 @@ def apply_post(oof: pd.DataFrame, # out-of-fold table of the run
                mask_weight: float = 0., # strength of the 5/1/1 mask assignment within groups of seven (0: off)
               ) -> tuple:
     "(out-of-fold probabilities, eval probabilities, info dict) after the chosen post-processing."
-    from maskclf.learn import oof_probs
+    from maskclf.metrics import oof_probs
     from maskclf.data import read_eval
     p, t, info = oof_probs(oof), np.asarray(test_probs), {}
     if identity:

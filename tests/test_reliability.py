@@ -89,11 +89,12 @@ elif point == 'inside_save':  # last.pt of epoch 1 is complete in its temporary 
         if '.last.pt.tmp' in str(f) and obj['epoch'] == 1: die()
     torch.save = save
 elif point == 'while_finishing':  # oof.csv and test_probs.npy are written, metrics.json is not
-    real_json = L.save_json
+    import maskclf.fold as F  # finish_fold writes the fold's results
+    real_json = F.save_json
     def save_json(obj, path):
         if str(path).endswith('metrics.json'): die()
         return real_json(obj, path)
-    L.save_json = save_json
+    F.save_json = save_json
 L.run_fold(cfg)
 '''
 
