@@ -6,11 +6,13 @@
 from __future__ import annotations
 import functools, math, shutil
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
+from torch.utils.data import DataLoader
 
 from .core import seed_everything, fresh_dir, atomic_path, save_json, code_version, folder_lock, clean_stale_tmp
 from .config import resolve_config, crop_size, eval_batch_size, run_folder, check_resume_config, auto_workers
@@ -19,12 +21,12 @@ from .metrics import (train_targets, keep_for_training, head_truth, selection_ke
 from .learn import (Precision, make_precision, resolve_augment_on, make_dataset, make_loader, make_optimizer,
                            Schedule, reseed_loader, make_mix, train_one_epoch, fit, validate, predict_probs, eval_loader)
 from .checkpoint import build_model, load_checkpoint, load_model
-from .distributed import dist_info, setup_distributed, Shard, gather_shards, unwrap, barrier
+from .distributed import dist_info, setup_distributed, Shard, gather_shards, barrier
 from .report import save_figures, fold_figures, write_report
 
 # %% auto #0
 __all__ = ['load_tables', 'get_pixels', 'fold_dir_for', 'fold_state', 'open_fold_dir', 'locked_fold', 'trim_history',
-           'save_submission', 'run_fold', 'finish_fold', 'fit_split']
+           'save_submission', 'Recipe', 'make_recipe', 'run_fold', 'finish_fold', 'fit_split']
 
 # %% ../nbs/07e_fold.ipynb #08f2998b
 def load_tables(cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame | None]:
@@ -109,6 +111,42 @@ def save_submission(eval_df: pd.DataFrame, probs: np.ndarray, dest) -> Path:
     with atomic_path(dest) as tmp: sub.to_csv(tmp, index=False)
     return Path(dest)
 
+# %% ../nbs/07e_fold.ipynb #b7e1c0a2
+class Recipe(NamedTuple):
+    "What a config's recipe trains with (`make_recipe`)."
+    model: nn.Module
+    train_dl: DataLoader
+    val_dl: DataLoader
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+
+def make_recipe(cfg: dict, # the resolved run config
+                pixels: np.ndarray, # crops (N, H, W, 3) uint8 at `crop_size(cfg)`
+                train_idx, # rows to train on
+                val_idx, # rows to validate or predict
+                train_t: dict, # training targets of all N rows (-1 unknown), e.g. `train_targets(df)`
+                val_t: dict, # validation truth of all N rows, e.g. `head_truth(df)`
+                prec: Precision, # device and precision (`make_precision`)
+                rank: int = 0, # this process under DDP
+                world: int = 1, # the number of processes under DDP
+               ) -> Recipe:
+    "Seed, then build `cfg`'s model, loaders, loss, optimiser and schedule."
+    from maskclf.loss import make_loss
+    seed_everything(cfg['seed'])  # here, not earlier: filling the crop cache (a detector) may draw random numbers
+    model = build_model(cfg).to(prec.device)
+    if prec.channels_last: model = model.to(memory_format=torch.channels_last)
+    data_cfg, size, on = model.data_config, crop_size(cfg), resolve_augment_on(cfg['augment_on'], prec.device)
+    train_ds = make_dataset(pixels, train_idx, train_t, size, data_cfg, cfg['augment'], on)
+    val_ds = make_dataset(pixels, val_idx, val_t, size, data_cfg, 'none', on)
+    nw = auto_workers(cfg['num_workers'], prec.device)
+    train_dl = make_loader(train_ds, cfg['batch_size'], True, cfg['seed'], nw, cfg['sampler'], rank, world)
+    val_dl = make_loader(Shard(val_ds, rank, world) if world > 1 else val_ds, eval_batch_size(cfg), False, cfg['seed'], nw)
+    loss_fn = make_loss(cfg['loss'], head=cfg['head'], gamma=cfg['focal_gamma'], smoothing=cfg['smoothing'])
+    optimizer = make_optimizer(model, cfg['optimizer'], cfg['lr'], cfg['weight_decay'], cfg['momentum'])
+    return Recipe(model, train_dl, val_dl, loss_fn, optimizer, Schedule(optimizer, cfg['scheduler'], cfg['epochs'], len(train_dl)))
+
+
 # %% ../nbs/07e_fold.ipynb #144a14bf
 @locked_fold
 def run_fold(cfg: dict) -> dict:
@@ -128,19 +166,8 @@ def run_fold(cfg: dict) -> dict:
     if not len(val_idx): raise ValueError(f"fold {cfg['fold']} has no photos (n_folds={cfg['n_folds']})")
     # model, loss, optimisation
     prec = make_precision(device, cfg['amp'])
-    seed_everything(cfg['seed'])  # here, not earlier: filling the crop cache (a detector) may draw random numbers
-    model = build_model(cfg).to(device)
-    if prec.channels_last: model = model.to(memory_format=torch.channels_last)
-    from maskclf.loss import make_loss
-    data_cfg, size, on = unwrap(model).data_config, crop_size(cfg), resolve_augment_on(cfg['augment_on'], device)
-    train_ds = make_dataset(pixels, train_idx, train_targets(df, cfg['age_old_from']), size, data_cfg, cfg['augment'], on)
-    val_ds = make_dataset(pixels, val_idx, head_truth(df), size, data_cfg, 'none', on)
-    nw = auto_workers(cfg['num_workers'], device)
-    train_dl = make_loader(train_ds, cfg['batch_size'], True, cfg['seed'], nw, cfg['sampler'], rank, world)
-    val_dl = make_loader(Shard(val_ds, rank, world) if world > 1 else val_ds, eval_batch_size(cfg), False, cfg['seed'], nw)
-    loss_fn = make_loss(cfg['loss'], head=cfg['head'], gamma=cfg['focal_gamma'], smoothing=cfg['smoothing'])
-    optimizer = make_optimizer(model, cfg['optimizer'], cfg['lr'], cfg['weight_decay'], cfg['momentum'])
-    schedule = Schedule(optimizer, cfg['scheduler'], cfg['epochs'], len(train_dl))
+    r = make_recipe(cfg, pixels, train_idx, val_idx, train_targets(df, cfg['age_old_from']), head_truth(df), prec, rank, world)
+    model, optimizer, schedule = r.model, r.optimizer, r.schedule
     at = dict(start=0, best=-math.inf, best_epoch=-1)  # where training stands: a fresh run, or the checkpoint's
     if resume:
         ck = load_checkpoint(fold_dir / 'last.pt', device)
@@ -150,7 +177,7 @@ def run_fold(cfg: dict) -> dict:
         at = dict(start=ck['epoch'] + 1, best=ck['best'], best_epoch=ck['best_epoch'])
         if main: trim_history(fold_dir / 'history.csv', at['start'])
     if world > 1: model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None)
-    history = fit(model, train_dl, val_dl, loss_fn, optimizer, schedule, prec, cfg, fold_dir, main=main, **at)
+    history = fit(model, r.train_dl, r.val_dl, r.loss_fn, optimizer, schedule, prec, cfg, fold_dir, main=main, **at)
     # final predictions with the best weights
     result = finish_fold(cfg, fold_dir, df, ev, val_idx, pixels, prec, main, history, n_train=len(train_idx))
     barrier()
@@ -213,23 +240,12 @@ def fit_split(cfg: dict, # a run configuration (`resolve_config` fills in the re
               show: bool = False, # progress bars
              ) -> np.ndarray:
     "Train `cfg`'s recipe on `train_idx` for `epochs` epochs; return (len(val_idx), 18) probabilities (with its TTA)."
-    from maskclf.loss import make_loss
     cfg = resolve_config(cfg); prec = make_precision(device, cfg['amp'])
-    seed_everything(cfg['seed'])
-    model = build_model(cfg).to(prec.device)
-    if prec.channels_last: model = model.to(memory_format=torch.channels_last)
-    data_cfg, size, nw = model.data_config, crop_size(cfg), auto_workers(cfg['num_workers'], prec.device)
-    on = resolve_augment_on(cfg['augment_on'], prec.device)  # the same input path as `run_fold`
-    train_ds = make_dataset(pixels, train_idx, targets, size, data_cfg, cfg['augment'], on)
-    val_ds = make_dataset(pixels, val_idx, targets, size, data_cfg, 'none', on)
-    train_dl = make_loader(train_ds, cfg['batch_size'], True, cfg['seed'], nw, cfg['sampler'])
-    val_dl = make_loader(val_ds, eval_batch_size(cfg), False, cfg['seed'], nw)
-    loss_fn = make_loss(cfg['loss'], head=cfg['head'], gamma=cfg['focal_gamma'], smoothing=cfg['smoothing'])
-    optimizer = make_optimizer(model, cfg['optimizer'], cfg['lr'], cfg['weight_decay'], cfg['momentum'])
-    schedule, mix = Schedule(optimizer, cfg['scheduler'], cfg['epochs'], len(train_dl)), make_mix(cfg['mix'])
+    r = make_recipe(cfg, pixels, train_idx, val_idx, targets, targets, prec)  # what `run_fold` trains with
+    model, train_dl, schedule, mix = r.model, r.train_dl, r.schedule, make_mix(cfg['mix'])
     for epoch in range(cfg['epochs']):
         seed_everything(cfg['seed'] + epoch); reseed_loader(train_dl, cfg['seed'] + epoch)
-        tr = train_one_epoch(model, train_dl, loss_fn, optimizer, prec, schedule, epoch, cfg['grad_clip'], mix, show)
+        tr = train_one_epoch(model, train_dl, r.loss_fn, r.optimizer, prec, schedule, epoch, cfg['grad_clip'], mix, show)
         schedule.step_epoch(-tr['train_loss'])  # 'plateau' follows the training loss: these rows are not for choosing
-    probs = predict_probs(model, val_dl, prec, cfg['tta'])[0]
+    probs = predict_probs(model, r.val_dl, prec, cfg['tta'])[0]
     return check_probs(probs, f'fit_split: the predictions after {cfg["epochs"]} epochs', error=NonFiniteLossError)
