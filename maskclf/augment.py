@@ -89,7 +89,12 @@ def _strong_batch() -> list:
 # %% ../nbs/04_augment.ipynb #a608904d
 class BatchTfms(nn.Module):
     "A uint8 batch (N,H,W,3) or (N,3,H,W) -> normalised float (N,3,h,w), augmented per sample where it lies."
-    def __init__(self, size, mean=IMAGENET_MEAN, std=IMAGENET_STD, level: str = 'none'):
+    def __init__(self,
+                 size, # output (height, width), or one int for a square
+                 mean=IMAGENET_MEAN, # normalisation mean, 0-1 scale (model.data_config['mean'])
+                 std=IMAGENET_STD, # normalisation std, 0-1 scale
+                 level: str = 'none', # augmentation level: one of `AUG_LEVELS`
+                ):
         super().__init__()
         if level not in AUG_LEVELS: raise ValueError(f'unknown augmentation level {level!r}: choose one of {AUG_LEVELS}')
         self.size, self.level, self.mean, self.std = _size(size), level, tuple(mean), tuple(std)

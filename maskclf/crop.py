@@ -166,7 +166,8 @@ def face_boxes(df: pd.DataFrame, # photo table: `path`; `person` steers the fall
 CROP_MARGIN = 0.25  # fraction of the face box added on each side, unless a run says otherwise
 
 def crop_window(box, # face box x1,y1,x2,y2
-                width: int, height: int, # image size
+                width: int, # image width in pixels
+                height: int, # image height in pixels
                 margin: float = CROP_MARGIN, # fraction of the box size added on each side
                 aspect: float = 3 / 4, # width / height of the crop
                ) -> tuple[float, float, float, float]:

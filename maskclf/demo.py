@@ -118,7 +118,11 @@ def _draw_features(d: ImageDraw.ImageDraw, L: dict):
                                  fill=line, width=2)
 
 # %% ../nbs/02_demo.ipynb #7689af23
-def draw_mask(im: Image.Image, look: dict, variant: int, drop: float = 0.) -> Image.Image:
+def draw_mask(im: Image.Image, # the photo, drawn on in place
+              look: dict, # the person's look (`person_look`)
+              variant: int, # mask design, 0-4
+              drop: float = 0., # face heights below its proper place (0: worn properly)
+             ) -> Image.Image:
     "Draw mask design `variant` (0-4) on `im` in place, `drop` face heights below its proper place."
     L = look; cx, cy, fw, fh = L['cx'], L['cy'], L['fw'], L['fh']
     c = L['masks'][variant]; col, dark = _col(c), _col(c * 0.75)

@@ -103,7 +103,8 @@ def box_side(b) -> np.ndarray:
 
 def choose_face(boxes, # (n,4) candidate boxes
                 probs, # (n,) detector probabilities
-                width: int, height: int, # image size
+                width: int, # image width in pixels
+                height: int, # image height in pixels
                 detector: DetectorConfig = DETECTOR, # weights of size, centrality and probability
                ) -> int:
     "Index of the face to keep among candidates, or -1 where there are none."
@@ -118,7 +119,8 @@ def choose_face(boxes, # (n,4) candidate boxes
 # %% ../nbs/02a_detect.ipynb #4c7ee38a
 def plausible(box, # face box x1,y1,x2,y2 (None or NaN: no face)
               prob, # the detector's probability for it
-              width: int, height: int, # image size
+              width: int, # image width in pixels
+              height: int, # image height in pixels
               detector: DetectorConfig = DETECTOR, # plausibility limits
               min_score=None, # probability needed (None: `detector.min_score`)
               min_rel=None, # smallest side relative to the image's shorter side (None: `detector.min_rel`)

@@ -70,8 +70,13 @@ def parse_spec(spec: str) -> list[tuple[float, str]]:
 # %% ../nbs/06_loss.ipynb #4aa7f7e3
 class MaskLoss:
     "A weighted sum of losses over the model's outputs; call it as `loss_fn(outputs, targets)`."
-    def __init__(self, spec: str = 'focal', head: str = 'multi', gamma: float = 2., smoothing: float = 0.,
-                 class_weights=None):
+    def __init__(self,
+                 spec: str = 'focal', # loss terms, e.g. 'focal' or '0.7*focal+0.3*f1' (`parse_spec`)
+                 head: str = 'multi', # the model's head: 'multi' (a loss per head) or one 18-class output
+                 gamma: float = 2., # focal loss focusing parameter
+                 smoothing: float = 0., # label smoothing of the cross-entropy and focal terms
+                 class_weights=None, # per-class weights: {head: weights} for 'multi', else a list of 18
+                ):
         self.spec, self.terms, self.head, self.gamma, self.smoothing = spec, parse_spec(spec), head, gamma, smoothing
         self.pairs = dict(HEAD_SIZES) if head == 'multi' else {'label': N_CLASSES}  # target key -> classes
         if class_weights is not None and not isinstance(class_weights, dict):

@@ -55,3 +55,33 @@ def test_module_sizes():
              if p.name not in ('_modidx.py', *SPLIT_ELSEWHERE)}
     assert max(sizes.values()) <= 400, {k: v for k, v in sizes.items() if v > 400}
     assert sizes['learn.py'] <= 390, sizes['learn.py']
+
+
+def _public_functions():
+    "(module, name, function) for every function and method in the public modules' `__all__`."
+    import importlib, inspect, pkgutil
+    for m in pkgutil.iter_modules(maskclf.__path__):
+        if m.name.startswith('_'): continue
+        mod = importlib.import_module(f'maskclf.{m.name}')
+        for name in getattr(mod, '__all__', []):
+            obj = getattr(mod, name, None)
+            if getattr(obj, '__module__', None) != mod.__name__: continue  # re-exported: checked at home
+            if inspect.isfunction(obj): yield m.name, name, obj
+            elif inspect.isclass(obj):
+                for k, v in vars(obj).items():
+                    if inspect.isfunction(v) and (k == '__init__' or not k.startswith('_')): yield m.name, f'{name}.{k}', v
+
+def test_docments():
+    "Every public function or method with four or more parameters says what each one is (a comment after it)."
+    import inspect
+    from fastcore.docments import docments
+    missing, checked = {}, 0
+    for mod, name, f in _public_functions():
+        ps = [p for p, v in inspect.signature(f).parameters.items()
+              if p not in ('self', 'cls') and v.kind not in (v.VAR_POSITIONAL, v.VAR_KEYWORD)]
+        if len(ps) < 4: continue
+        try: d = docments(f, full=False)
+        except OSError: continue  # generated (dataclass and NamedTuple __init__): their fields are documented
+        checked += 1
+        if [p for p in ps if not d.get(p)]: missing[f'{mod}.{name}'] = [p for p in ps if not d.get(p)]
+    assert checked > 30 and not missing, missing
