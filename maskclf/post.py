@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .core import N_CLASSES, HEAD_SIZES, MASK_NAMES, GENDER_NAMES, atomic_path
+from .core import N_CLASSES, HEADS, HEAD_SIZES, MASK_NAMES, GENDER_NAMES, atomic_path
 
 # %% auto #0
 __all__ = ['MASK_COUNTS', 'BAND_AGES', 'image_signature', 'group_photos', 'group_purity', 'head_marginals', 'pool_groups',
@@ -194,7 +194,7 @@ def pseudo_labels(probs, # (n_eval, 18) eval probabilities in `info.csv` order
     person = [f'eval_{g}' for g in (groups if groups is not None else ev.ImageID)]
     age = np.where(m['age'].max(1) >= threshold, np.asarray(BAND_AGES)[m['age'].argmax(1)].astype(str), '')
     df = pd.DataFrame(dict(path=ev.path, person=person, mask=pick('mask', MASK_NAMES), gender=pick('gender', GENDER_NAMES), age=age))
-    df = df[(df[['mask', 'gender', 'age']] != '').any(axis=1)]
+    df = df[(df[list(HEADS)] != '').any(axis=1)]  # the labels CSV's columns are named after the heads
     with atomic_path(dest) as tmp: df.to_csv(tmp, index=False)
     return df
 
