@@ -192,10 +192,14 @@ def _save(im: Image.Image, path: Path):
     if path.suffix == '.png': im.save(path, compress_level=1)
     else: im.save(path, format='JPEG', quality=92)
 
-def _write_people(people: pd.DataFrame, rng, noise) -> list[tuple]:
-    "Render every person's seven photos; yields (row, stem, image)."
-    for i, p in people.iterrows():
-        r = np.random.default_rng(rng.integers(2**63))
+def _person_seeds(n: int, rng) -> list:
+    "One seed per person, drawn one at a time: the order of draws from `rng` fixes the demo's bytes."
+    return [rng.integers(2**63) for _ in range(n)]
+
+def _write_people(people: pd.DataFrame, seeds: list, noise) -> list[tuple]:
+    "Render every person's seven photos, one at a time; yields (row, stem, image)."
+    for (i, p), seed in zip(people.iterrows(), seeds):
+        r = np.random.default_rng(seed)
         look = person_look(p.gender, p.age, r)
         for stem in MASK_FILE_STEMS: yield p, stem, render_photo(look, stem, r, noise)
 
@@ -233,7 +237,7 @@ def _write_demo(root: Path, n_people: int, n_eval_people: int, seed: int):
     exts = rng.choice(['.jpg', '.png', '.jpeg'], n_people, p=[0.9, 0.05, 0.05])
     if n_people >= 3: exts[n_people - 1], exts[n_people // 2] = '.png', '.jpeg'  # at least one of each
     imgs = root / 'train' / 'images'
-    for p, stem, im in _write_people(train, rng, noise):
+    for p, stem, im in _write_people(train, _person_seeds(n_people, rng), noise):
         folder = imgs / p.path; folder.mkdir(parents=True, exist_ok=True)
         _save(im, folder / (stem + exts[p.name]))
     junk = imgs / train.path[0] / f'._mask1{exts[0]}'
@@ -254,36 +258,35 @@ Scores on this data say nothing about scores on real photos.
 
 # %% ../nbs/02_demo.ipynb #8bcc0919
 def _write_eval(root: Path, n: int, rng, noise):
-    "Eval people's photos under hash names in shuffled order; answers to eval_truth.csv."
+    "Eval people's photos under hash names in shuffled order, each saved as drawn; answers to eval_truth.csv."
     people = sample_people(n, rng)
     people['path'] = [f'eval{i:04d}_{r.gender}_{RACE}_{r.age}' for i, r in enumerate(people.itertuples())]
-    rows = [(p.path, stem, im) for p, stem, im in _write_people(people, rng, noise)]
-    order = rng.permutation(len(rows))
+    seeds, order = _person_seeds(n, rng), rng.permutation(7 * n)  # row k of info.csv is photo order[k]
+    names = [hashlib.sha1(f'maskclf-demo-{k}-{rng.integers(2**62)}'.encode()).hexdigest() + '.jpg' for k in range(7 * n)]
+    slot = np.argsort(order)  # photo j (person j // 7, stem j % 7) is row slot[j]
     folder = root / 'eval' / 'images'; folder.mkdir(parents=True)
-    truth = []
-    for k, j in enumerate(order):
-        person, stem, im = rows[j]
-        iid = hashlib.sha1(f'maskclf-demo-{k}-{rng.integers(2**62)}'.encode()).hexdigest() + '.jpg'
-        _save(im, folder / iid)
-        p = people.set_index('path').loc[person]
-        m, g, a = int(MASK_FILE_STEMS[stem]), int(p.gender == 'female'), int(age2band(p.age))
-        truth.append(dict(ImageID=iid, ans=encode(m, g, a), person=person, mask=m, gender=g, age=p.age))
-    truth = pd.DataFrame(truth, columns=['ImageID', 'ans', 'person', 'mask', 'gender', 'age'])
+    for j, (_, _, im) in enumerate(_write_people(people, seeds, noise)): _save(im, folder / names[slot[j]])
+    p, stems = people.iloc[order // 7], np.array(list(MASK_FILE_STEMS))[order % 7]
+    m, g = np.array([int(MASK_FILE_STEMS[s]) for s in stems]), (p.gender.to_numpy() == 'female').astype(int)
+    truth = pd.DataFrame(dict(ImageID=[names[k] for k in range(7 * n)], ans=encode(m, g, age2band(p.age)),
+                              person=p.path.to_numpy(), mask=m, gender=g, age=p.age.to_numpy()))
     truth[['ImageID']].assign(ans=0).to_csv(root / 'eval' / 'info.csv', index=False)
     truth.to_csv(root / 'eval_truth.csv', index=False)
 
 # %% ../nbs/02_demo.ipynb #bdf6a2a1
 def demo_data_dir(n_people: int = 60, # training people
                   seed: int = 0, # generator seed
+                  n_eval_people: int = 20, # eval people
                  ) -> Path:
     "The demo data folder under `outputs/`, made if absent or out of date."
-    name = 'demo_data' if (n_people, seed) == (60, 0) else f'demo_data_n{n_people}_seed{seed}'
+    name = 'demo_data' if (n_people, seed, n_eval_people) == (60, 0, 20) else \
+           f"demo_data_n{n_people}{'' if n_eval_people == 20 else f'_e{n_eval_people}'}_seed{seed}"
     dest = outputs_dir() / name
-    want = dict(n_people=n_people, n_eval_people=20, seed=seed, version=DEMO_VERSION)
+    want = dict(n_people=n_people, n_eval_people=n_eval_people, seed=seed, version=DEMO_VERSION)
     try: ok = json.loads((dest / 'demo.json').read_text()) == want
     except (OSError, ValueError): ok = False
     if not ok:
-        try: make_demo(dest, n_people, 20, seed, overwrite=True)
+        try: make_demo(dest, n_people, n_eval_people, seed, overwrite=True)
         except OSError:  # another process renamed its copy into place first
             if not (dest / 'demo.json').exists(): raise
     return dest
