@@ -18,8 +18,9 @@ from .core import seed_everything, fresh_dir, atomic_path, save_json, code_versi
 from .config import resolve_config, crop_size, eval_batch_size, run_folder, check_resume_config, auto_workers
 from .metrics import (train_targets, keep_for_training, head_truth, selection_keys, scored_classes, nan_to_none,
                              format_scores, make_oof, check_probs, NonFiniteLossError)
-from .learn import (Precision, make_precision, resolve_augment_on, make_dataset, make_loader, make_optimizer,
-                           Schedule, reseed_loader, make_mix, train_one_epoch, fit, validate, predict_probs, eval_loader)
+from .loaders import resolve_augment_on, make_dataset, make_loader, reseed_loader, eval_loader
+from .learn import (Precision, make_precision, make_optimizer, Schedule, make_mix, train_one_epoch, fit, validate,
+                           predict_probs)
 from .checkpoint import build_model, load_checkpoint, load_model
 from .distributed import dist_info, setup_distributed, Shard, gather_shards, barrier
 from .report import save_figures, fold_figures, write_report

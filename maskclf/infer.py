@@ -14,7 +14,8 @@ import torch
 from .core import N_CLASSES, save_json, get_device, fresh_dir
 from .config import resolve_config
 from .metrics import PROB_COLS, score, scored_classes, nan_to_none, oof_probs, check_probs, class_report
-from .learn import make_precision, eval_loader, predict_probs
+from .loaders import eval_loader
+from .learn import make_precision, predict_probs
 from .checkpoint import CheckpointError, load_checkpoint, load_model
 from .fold import get_pixels, save_submission
 from .runs import run_dir, fold_status, read_config, read_oof
