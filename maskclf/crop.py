@@ -126,10 +126,10 @@ def apply_box_overrides(df: pd.DataFrame, # a photo table
     o = overrides.set_index('path')[BOX].reindex(df.path.astype(str).to_numpy())
     return df.assign(**{oc: o[c].to_numpy(float) for oc, c in zip(OVERRIDE, BOX)})
 
-def with_box_overrides(csv, *tables) -> tuple:
+def with_box_overrides(csv, *tables, only_known: bool = False) -> tuple:
     "`tables` with the boxes of override file `csv` applied (`''`: unchanged), checked against all of them at once."
     if not csv: return tables
-    ov = read_box_overrides(csv, [p for t in tables if t is not None for p in t.path], image_size)
+    ov = read_box_overrides(csv, [p for t in tables if t is not None for p in t.path], image_size, only_known)
     return tuple(None if t is None else apply_box_overrides(t, ov) for t in tables)
 
 # %% ../nbs/03_crop.ipynb #d84a3f8f

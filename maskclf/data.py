@@ -264,6 +264,7 @@ def box_problems(boxes, # (n,4) x1,y1,x2,y2 (NaN: empty cell)
 def read_box_overrides(csv, # override CSV: path,x1,y1,x2,y2 (paths relative to its folder)
                        known, # paths of every photo the run reads (photo tables' `path`)
                        size_of, # (path) -> (width, height) of the upright photo, e.g. `maskclf.crop.image_size`
+                       only_known: bool = False, # skip rows naming other photos (a run's file used for some of its photos)
                       ) -> pd.DataFrame:
     "The override boxes (`path` as in the photo table, x1..y2); one `DataError` lists every bad row."
     csv = Path(csv).expanduser().resolve()
@@ -277,11 +278,14 @@ def read_box_overrides(csv, # override CSV: path,x1,y1,x2,y2 (paths relative to 
         if not p: problems.append(f'{where}: empty path'); continue
         if p in seen: problems.append(f'{where}: {df.path[i]} already given on line {seen[p]}')
         seen.setdefault(p, i + 2)
-        if p not in known: problems.append(f'{where}: {df.path[i]} is not a photo of this data set ({p})'); continue
-        found.append(known[p]); bad = box_problems(b, [size_of(p)] if np.isfinite(b).all() else [(0, 0)])[0]
+        if p not in known:
+            if not only_known: problems.append(f'{where}: {df.path[i]} is not a photo of this data set ({p})')
+            continue
+        found.append((known[p], i)); bad = box_problems(b, [size_of(p)] if np.isfinite(b).all() else [(0, 0)])[0]
         if bad: problems.append(f'{where}: {bad} ({",".join(df.loc[i, BOX_COLUMNS])})')
     raise_problems(problems, csv)
-    return pd.DataFrame(dict(path=found, **{c: boxes[:, k] for k, c in enumerate(BOX_COLUMNS)}))
+    rows = [i for _, i in found]
+    return pd.DataFrame(dict(path=[p for p, _ in found], **{c: boxes[rows, k] for k, c in enumerate(BOX_COLUMNS)}))
 
 # %% ../nbs/01_data.ipynb #c6fc9c3a
 def make_folds(df: pd.DataFrame, # a photo table

@@ -22,8 +22,8 @@ from .runs import run_dir, fold_status, read_config, read_oof
 from .data import has_eval, DataError, raise_problems
 
 # %% auto #0
-__all__ = ['probs_frame', 'read_photos', 'photo_problems', 'predict', 'ensemble', 'write_submission', 'resolve_data_dir',
-           'read_fold_probs', 'ensemble_run']
+__all__ = ['probs_frame', 'read_photos', 'photo_problems', 'boxes_for', 'predict', 'ensemble', 'write_submission',
+           'resolve_data_dir', 'read_fold_probs', 'ensemble_run']
 
 # %% ../nbs/08_infer.ipynb #9d6b5eab
 def probs_frame(paths, probs) -> pd.DataFrame:
@@ -53,12 +53,22 @@ def photo_problems(paths, # image files
     return {p: why for p, why in zip(paths, image_problems(paths, progress=False)) if why}
 
 # %% ../nbs/08_infer.ipynb #f175c739
+def boxes_for(df: pd.DataFrame, cfg: dict, boxes_csv=None) -> pd.DataFrame:
+    "`df` with the override boxes `predict` uses: `boxes_csv`, or where None the rows of the run's own file that name these photos."
+    from maskclf.crop import with_box_overrides
+    if boxes_csv is not None: return with_box_overrides(boxes_csv, df)[0]  # the caller's file: every row must name one of them
+    run_csv = cfg.get('boxes_csv') or ''
+    if run_csv and not Path(run_csv).exists():
+        warnings.warn(f"predict: the run's boxes_csv {run_csv} is gone, so no photo gets its override box"); return df
+    return with_box_overrides(run_csv, df, only_known=True)[0]  # the run's file also names its training photos
+
 def predict(checkpoint, # a `best.pt` / `last.pt` written by `maskclf.checkpoint.save_checkpoint`
             data, # competition folder (eval set), labels CSV, list of image paths, or photo table
             tta: str = 'hflip', # TTA views: 'none', 'hflip', 'hflip+scale' (`maskclf.augment.TTA_MODES`)
             batch_size: int = 64, # images per forward pass
             device=None, # torch device; default CUDA where available
             on_error: str = 'raise', # unreadable photos: 'raise' one error listing all, or 'skip' them (see `attrs`)
+            boxes_csv=None, # face-box overrides (path,x1,y1,x2,y2) naming only these photos; None: the run's own `boxes_csv` (its rows for these photos); '': none
            ) -> pd.DataFrame:
     "Eighteen-class probabilities for every photo of `data` from one checkpoint: `path` + `p0..p17`."
     if on_error not in ('raise', 'skip'): raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
@@ -72,7 +82,7 @@ def predict(checkpoint, # a `best.pt` / `last.pt` written by `maskclf.checkpoint
     if bad and on_error == 'raise':
         raise_problems([f'{p}: {why}' for p, why in bad.items()], f"the {len(df)} photos to predict (on_error='skip' predicts the others)")
     if bad: warnings.warn(f'predict: skipped {len(bad)} unreadable photo(s), e.g. {next(iter(bad))}; see attrs["skipped"]')
-    df = df[~df.path.astype(str).isin(bad)].reset_index(drop=True)
+    df = boxes_for(df[~df.path.astype(str).isin(bad)].reset_index(drop=True), cfg, boxes_csv)
     probs = np.zeros((0, N_CLASSES), np.float32)
     if len(df):
         pixels = get_pixels(df, cfg, device)  # the crops the model was trained on: same size, margin, aspect

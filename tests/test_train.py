@@ -155,3 +155,24 @@ def test_predict_reproduces_the_fold(smoke):
     cfg = json.loads((fold_dir / 'config.json').read_text())
     pred = predict(fold_dir / 'best.pt', data, tta=cfg['tta'], device='cpu')
     np.testing.assert_allclose(pred[PROB_COLS].to_numpy(np.float32), np.load(fold_dir / 'test_probs.npy'), atol=1e-5)
+
+
+def test_predict_uses_override_boxes(smoke, tmp_path):
+    "`predict` crops with the run's `boxes_csv` rows for its photos (the run's training rows are skipped), or the file given."
+    from maskclf.infer import predict, PROB_COLS
+    from maskclf.checkpoint import load_checkpoint
+    from maskclf.data import DataError, read_dataset, read_eval
+    fold_dir, data = smoke
+    cfg = json.loads((fold_dir / 'config.json').read_text())
+    ev, train_photo = read_eval(data), read_dataset(data).path.iloc[0]
+    fix = tmp_path / 'fixes.csv'  # a deliberately wrong box (the photo's top-left corner) for eval photo 0
+    fix.write_text(f'path,x1,y1,x2,y2\n{ev.path.iloc[0]},0,0,60,80\n{train_photo},0,0,60,80\n')
+    ck = load_checkpoint(fold_dir / 'best.pt'); ck['config']['boxes_csv'] = str(fix)
+    torch.save(ck, tmp_path / 'fixed.pt')  # the same weights, from a run trained with that override file
+    base = np.load(fold_dir / 'test_probs.npy')
+    probs = lambda **k: predict(tmp_path / 'fixed.pt', data, tta=cfg['tta'], device='cpu', **k)[PROB_COLS].to_numpy(np.float32)
+    p = probs()  # the run's file: only eval photo 0 moves
+    assert np.abs(p[0] - base[0]).max() > 1e-3
+    np.testing.assert_allclose(p[1:], base[1:], atol=1e-5)
+    np.testing.assert_allclose(probs(boxes_csv=''), base, atol=1e-5)  # '' turns overrides off
+    with pytest.raises(DataError, match='not a photo of this data set'): probs(boxes_csv=str(fix))  # a given file is strict
