@@ -22,7 +22,7 @@ from .loaders import resolve_augment_on, make_dataset, make_loader, reseed_loade
 from .learn import (Precision, make_precision, make_optimizer, Schedule, make_mix, train_one_epoch, fit, validate,
                            predict_probs)
 from .checkpoint import build_model, load_checkpoint, load_model
-from .distributed import dist_info, setup_distributed, Shard, gather_shards, barrier
+from .distributed import dist_info, setup_distributed, gather_shards, barrier
 from .report import save_figures, fold_figures, write_report
 
 # %% auto #0
@@ -139,10 +139,9 @@ def make_recipe(cfg: dict, # the resolved run config
     if prec.channels_last: model = model.to(memory_format=torch.channels_last)
     data_cfg, size, on = model.data_config, crop_size(cfg), resolve_augment_on(cfg['augment_on'], prec.device)
     train_ds = make_dataset(pixels, train_idx, train_t, size, data_cfg, cfg['augment'], on)
-    val_ds = make_dataset(pixels, val_idx, val_t, size, data_cfg, 'none', on)
     nw = auto_workers(cfg['num_workers'], prec.device)
     train_dl = make_loader(train_ds, cfg['batch_size'], True, cfg['seed'], nw, cfg['sampler'], rank, world)
-    val_dl = make_loader(Shard(val_ds, rank, world) if world > 1 else val_ds, eval_batch_size(cfg), False, cfg['seed'], nw)
+    val_dl = eval_loader(pixels, val_idx, val_t, cfg, data_cfg, prec.device, eval_batch_size(cfg), rank, world, nw)
     loss_fn = make_loss(cfg['loss'], head=cfg['head'], gamma=cfg['focal_gamma'], smoothing=cfg['smoothing'])
     optimizer = make_optimizer(model, cfg['optimizer'], cfg['lr'], cfg['weight_decay'], cfg['momentum'])
     return Recipe(model, train_dl, val_dl, loss_fn, optimizer, Schedule(optimizer, cfg['scheduler'], cfg['epochs'], len(train_dl)))

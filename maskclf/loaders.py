@@ -124,9 +124,10 @@ def eval_loader(pixels, # crops (N, H, W, 3) uint8
                 batch_size: int, # crops per batch
                 rank: int = 0, # this process's shard under DDP
                 world: int = 1, # the number of shards
+                num_workers: int = 0, # DataLoader worker processes (0: the main process)
                ) -> DataLoader:
     "The one way crops are fed for prediction: unaugmented, on the run's input path, sharded under DDP."
     if targets is None: targets = {h: np.full(len(pixels), UNKNOWN) for h in ('label', *HEADS)}
     on = resolve_augment_on(cfg['augment_on'], torch.device(device))
     ds = make_dataset(pixels, np.asarray(idx), targets, crop_size(cfg), data_config, 'none', on)
-    return make_loader(Shard(ds, rank, world) if world > 1 else ds, batch_size, False)
+    return make_loader(Shard(ds, rank, world) if world > 1 else ds, batch_size, False, num_workers=num_workers)
