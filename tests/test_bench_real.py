@@ -23,4 +23,6 @@ def test_recipes_share_folds_and_crops(tmp_path, monkeypatch):
     assert (runs.groupby(['task', 'fold']).recipe.nunique() == 2).all()
     assert (runs.groupby(['task', 'fold']).digest.nunique() == 1).all(), runs[['task', 'fold', 'recipe', 'digest']]
     assert (runs.groupby('task').digest.nunique() == 2).all()  # the digest sees the split: two folds, two digests
+    seeds = res[res.fold != 'pooled'].groupby(['task', 'fold', 'recipe']).seed.nunique()
+    assert (seeds == 2).all(), seeds  # the smoke run repeats every fold under two seeds
     assert set(res[res.fold == 'pooled'].metric) == {'f1_mask', 'acc_mask', 'f1_gender', 'acc_gender', 'f1_age', 'acc_age'}
