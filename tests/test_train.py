@@ -22,7 +22,7 @@ FOLD_FILES = ['config.json', 'history.csv', 'metrics.json', 'oof.csv', 'test_pro
 # measured over several seeds and 1 or 2 threads (README, "Scores differ between machines"); chance on 18 classes
 # is about 0.056. Measured as run_fold(config, seed=s) under torch.set_num_threads(t), 2-core CPU, shared:
 FLOOR_DEFAULT = 0.30  # default config, fold 4: 0.490-0.631 here (6 epochs; seeds 0, 1, 42; 1 thread), 0.520 and 0.449
-                      # (seed 42); at 12 epochs 0.594 (2 threads) and 0.708 (1 thread), seed 42
+                      # (seed 42); at 12 epochs 0.594 and 0.700 (2 threads, two machines) and 0.708 (1 thread), seed 42
 #   on two other machines
 FLOOR_SMALL = 0.04  # FLOOR_CFG on the 12-person demo, fold 0 (21 photos): macro F1 0.064-0.167
 #   over seeds 42, 0, 1, 2, 3 (1 thread) and 42, 0 (2 threads); a model that predicts one class scores about 0.02
