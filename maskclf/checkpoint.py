@@ -16,12 +16,13 @@ from .metrics import NonFiniteLossError
 from .distributed import unwrap
 
 # %% auto #0
-__all__ = ['CHECKPOINT_KEYS', 'MODEL_CONFIG_KEYS', 'CHECKPOINT_HELP', 'CheckpointError', 'save_checkpoint', 'checkpoint_problem',
-           'load_checkpoint', 'build_model', 'load_model']
+__all__ = ['CHECKPOINT_KEYS', 'MODEL_CONFIG_KEYS', 'LEGACY_CONFIG', 'CHECKPOINT_HELP', 'CheckpointError', 'save_checkpoint',
+           'checkpoint_problem', 'load_checkpoint', 'build_model', 'load_model']
 
 # %% ../nbs/07ab_checkpoint.ipynb #cfb277b2
 CHECKPOINT_KEYS = ('model', 'config', 'epoch', 'metric', 'best', 'best_epoch', 'optimizer', 'schedule', 'scaler')
-MODEL_CONFIG_KEYS = ('model', 'head', 'arc_s', 'arc_m', 'img_size', 'crop_aspect', 'crop_margin')  # shape the model and crops
+MODEL_CONFIG_KEYS = ('model', 'head', 'arc_s', 'arc_m', 'img_size', 'crop_aspect', 'crop_margin', 'crop_edge')  # shape the model and crops
+LEGACY_CONFIG = dict(crop_edge='clamp')  # how checkpoints saved before a key existed were trained
 CHECKPOINT_HELP = (f'A maskclf checkpoint is a dict saved by maskclf.checkpoint.save_checkpoint (best.pt, last.pt) with keys '
                    f'{", ".join(CHECKPOINT_KEYS)}: tensors and plain data only, its config holding at least '
                    f'{", ".join(MODEL_CONFIG_KEYS)}.')
@@ -79,6 +80,7 @@ def load_checkpoint(path, device='cpu') -> dict:
     except Exception as e:
         raise CheckpointError(f'{path}: not a readable checkpoint (truncated, damaged or another format; '
                               f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}). {CHECKPOINT_HELP}') from None
+    if isinstance(ck, dict) and isinstance(ck.get('config'), dict): ck['config'] = {**LEGACY_CONFIG, **ck['config']}
     problem = checkpoint_problem(ck)
     if problem: raise CheckpointError(f'{path}: not a complete maskclf checkpoint: {problem}. {CHECKPOINT_HELP}')
     return ck

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .core import EVAL_OLD_FROM, outputs_dir
 from .augment import TTA_MODES
+from .crop import CROP_EDGES
 
 # %% auto #0
 __all__ = ['DEFAULT_CONFIG', 'CHOICES', 'EVAL_BATCH_FACTOR', 'MAX_AUTO_WORKERS', 'RESUME_FREE', 'resolve_config', 'as_list',
@@ -37,6 +38,8 @@ DEFAULT_CONFIG = dict(
     img_size=128,                 # crop height in pixels; the width is img_size times crop_aspect (`crop_size`)
     crop_aspect=0.75,             # crop width / height (the competition photos are 3:4)
     crop_margin=0.25,             # margin added around the face box, as a fraction of its size
+    crop_edge='pad',              # where the crop window passes the photo's edge: 'pad' (grey, the face's share of the crop
+                                  # stays put) or 'clamp' (moved inside: the framing of checkpoints from before this key)
     augment='light',              # training augmentation: 'none', 'light' or 'strong'
     tta='hflip',                  # test-time views of the final predictions: 'none', 'hflip' or 'hflip+scale'
     amp=True,                     # mixed precision on a GPU (bf16 where supported, else fp16); CPU always runs fp32
@@ -60,7 +63,7 @@ DEFAULT_CONFIG = dict(
 
 CHOICES = dict(head=('multi', 'linear', 'arcface'), optimizer=('sgd', 'adam', 'adamw'), sampler=('random', 'balanced'),
                scheduler=('cosine', 'onecycle', 'plateau', 'none'), mix=('none', 'cutmix', 'mixup'), tta=tuple(TTA_MODES),
-               augment_on=('auto', 'cpu', 'device'))
+               augment_on=('auto', 'cpu', 'device'), crop_edge=CROP_EDGES)
 
 def resolve_config(cfg: dict | None = None, **overrides) -> dict:
     "`DEFAULT_CONFIG` updated by `cfg` and `overrides`; unknown keys are an error (they are usually typos)."
