@@ -38,8 +38,8 @@ DEFAULT_CONFIG = dict(
     img_size=128,                 # crop height in pixels; the width is img_size times crop_aspect (`crop_size`)
     crop_aspect=0.75,             # crop width / height (the competition photos are 3:4)
     crop_margin=0.25,             # margin added around the face box, as a fraction of its size
-    crop_edge='pad',              # where the crop window passes the photo's edge: 'pad' (grey, the face's share of the crop
-                                  # stays put) or 'clamp' (moved inside: the framing of checkpoints from before this key)
+    crop_edge='clamp',            # where the crop window passes the photo's edge: 'clamp' (moved and shrunk inside the photo)
+                                  # or 'pad' (grey outside it: a face fills the same share of its crop however the photo was cut)
     augment='light',              # training augmentation: 'none', 'light' or 'strong'
     tta='hflip',                  # test-time views of the final predictions: 'none', 'hflip' or 'hflip+scale'
     amp=True,                     # mixed precision on a GPU (bf16 where supported, else fp16); CPU always runs fp32
