@@ -229,7 +229,8 @@ def cache_key(df: pd.DataFrame, # photo table: `path`; `person`, given and overr
     # named, so that given and override boxes never share a key; absent kinds leave the key of a table without boxes
     boxes = [{k: b} for k, b in (('given', _boxes_of(df, BOX)), ('override', _boxes_of(df, OVERRIDE))) if b is not None]
     return config_key([str(p) for p in df.path], [file_stamp(p) for p in df.path], person, list(size),
-                      float(margin), float(size[1] / size[0]), detector_settings(detector), CROP_VERSION, edge, *boxes)
+                      float(margin), float(size[1] / size[0]), detector_settings(detector), CROP_VERSION,
+                      *([] if edge == 'clamp' else [edge]), *boxes)  # clamped caches keep their keys from before `edge`
 
 # %% ../nbs/03_crop.ipynb #a5dd143e
 def cache_record(folder) -> dict:
@@ -262,7 +263,7 @@ def _cache_folder(df, size, margin, cache_dir, detector, edge) -> Path:
 def crop_cache(df: pd.DataFrame, # photo table (needs `path`; `person` steers the fallbacks; given/override boxes win)
                size=CROP_SIZE, # crop size (height, width); the crop's aspect is width / height
                margin: float = CROP_MARGIN, # fraction of the face box added on each side
-               edge: str = CROP_EDGE, # 'pad' or 'clamp' where the window passes the photo's edge (`crop_window`)
+               edge: str = CROP_EDGE, # 'clamp' or 'pad' where the window passes the photo's edge (`crop_window`)
                device=None, # torch device for the detector
                cache_dir=None, # default: outputs_dir()/'cache'
                batch_size: int = DETECT_BATCH, # photos per detector call
