@@ -50,7 +50,8 @@ def load_tables(cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame | None]:
 def get_pixels(df: pd.DataFrame, cfg: dict, device=None) -> np.ndarray:
     "The crop array of a table at the config's crop size and margin (cached by `maskclf.crop`; under DDP rank 0 fills it first)."
     from maskclf.crop import crop_cache
-    get = lambda: crop_cache(df, size=crop_size(cfg), margin=cfg['crop_margin'], edge=cfg['crop_edge'], device=device, progress=dist_info()[0] == 0)
+    get = lambda: crop_cache(df, size=crop_size(cfg), margin=cfg['crop_margin'], edge=cfg['crop_edge'], device=device,
+                             progress=dist_info()[0] == 0)
     if dist_info()[0] == 0: pixels = get()
     barrier()
     return pixels if dist_info()[0] == 0 else get()
