@@ -40,6 +40,8 @@ DEFAULT_CONFIG = dict(
     crop_margin=0.25,             # margin added around the face box, as a fraction of its size
     crop_edge='clamp',            # where the crop window passes the photo's edge: 'clamp' (moved and shrunk inside the photo)
                                   # or 'pad' (grey outside it: a face fills the same share of its crop however the photo was cut)
+    edge_mix=0.0,                 # share of training crops cut by the other crop_edge rule, drawn anew each epoch (0: none;
+                                  # 0.5: both framings equally, so the model knows faces zoomed by a clamp and framed wide)
     augment='light',              # training augmentation: 'none', 'light' or 'strong'
     tta='hflip',                  # test-time views of the final predictions: 'none', 'hflip' or 'hflip+scale'
     amp=True,                     # mixed precision on a GPU (bf16 where supported, else fp16); CPU always runs fp32
@@ -75,6 +77,7 @@ def resolve_config(cfg: dict | None = None, **overrides) -> dict:
     out['drop_boundary_ages'] = [int(a) for a in out['drop_boundary_ages']]
     for k, ok in CHOICES.items():
         if out[k] not in ok: raise ValueError(f'{k}={out[k]!r} is not one of {ok}')
+    if not 0 <= out['edge_mix'] <= 1: raise ValueError(f"edge_mix={out['edge_mix']!r} is a share of the crops: 0 to 1")
     return out
 
 def as_list(x) -> list:

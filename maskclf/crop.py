@@ -25,10 +25,10 @@ _all_ = ['BOX', 'DETECTOR', 'DetectorConfig', 'load_image', 'image_size', 'box_s
 __all__ = ['BOXES_COLUMNS', 'DEFAULT_PRIOR', 'FOUND', 'OVERRIDE', 'CROP_MARGIN', 'CROP_EDGES', 'CROP_EDGE', 'PAD_FILL',
            'CROP_VERSION', 'CROP_SIZE', 'CACHE_SAMPLE', 'CROP_THREADS', 'config_key', 'boxes_path', 'move_aside',
            'read_boxes_file', 'write_boxes', 'complete_boxes', 'apply_box_overrides', 'with_box_overrides',
-           'given_boxes', 'face_boxes', 'crop_window', 'cache_key', 'cache_record', 'cache_problem', 'crop_cache',
-           'cache_boxes', 'person_spread', 'BOX', 'DETECTOR', 'DetectorConfig', 'load_image', 'image_size', 'box_side',
-           'detect_faces', 'file_stamp', 'DetectorPass', 'CUDA_BATCH', 'detector_passes', 'choose_face', 'plausible',
-           'box_hits', 'tuning_half', 'show_boxes']
+           'given_boxes', 'face_boxes', 'other_edge', 'crop_window', 'cache_key', 'cache_record', 'cache_problem',
+           'crop_cache', 'cache_boxes', 'person_spread', 'BOX', 'DETECTOR', 'DetectorConfig', 'load_image',
+           'image_size', 'box_side', 'detect_faces', 'file_stamp', 'DetectorPass', 'CUDA_BATCH', 'detector_passes',
+           'choose_face', 'plausible', 'box_hits', 'tuning_half', 'show_boxes']
 
 # %% ../nbs/03_crop.ipynb #aa10d93e
 def config_key(*parts) -> str:
@@ -173,6 +173,11 @@ CROP_MARGIN = 0.25  # fraction of the face box added on each side, unless a run 
 CROP_EDGES = ('clamp', 'pad')
 CROP_EDGE = 'clamp'
 PAD_FILL = (124, 116, 104)  # the ImageNet mean colour: zero after normalisation, so padding carries no signal
+
+def other_edge(edge: str) -> str:
+    "The `CROP_EDGES` rule that is not `edge` (what a model trained on `edge` crops was not shown)."
+    if edge not in CROP_EDGES: raise ValueError(f'unknown crop edge {edge!r}: choose one of {CROP_EDGES}')
+    return next(e for e in CROP_EDGES if e != edge)
 
 def crop_window(box, # face box x1,y1,x2,y2
                 width: int, # image width in pixels

@@ -26,8 +26,8 @@ from .distributed import dist_info, setup_distributed, gather_shards, barrier
 from .report import save_figures, fold_figures, write_report
 
 # %% auto #0
-__all__ = ['load_tables', 'get_pixels', 'fold_dir_for', 'fold_state', 'open_fold_dir', 'locked_fold', 'trim_history',
-           'save_submission', 'Recipe', 'make_recipe', 'run_fold', 'finish_fold', 'fit_split']
+__all__ = ['load_tables', 'get_pixels', 'other_pixels', 'fold_dir_for', 'fold_state', 'open_fold_dir', 'locked_fold',
+           'trim_history', 'save_submission', 'Recipe', 'make_recipe', 'run_fold', 'finish_fold', 'fit_split']
 
 # %% ../nbs/07e_fold.ipynb #08f2998b
 def load_tables(cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame | None]:
@@ -55,6 +55,11 @@ def get_pixels(df: pd.DataFrame, cfg: dict, device=None) -> np.ndarray:
     if dist_info()[0] == 0: pixels = get()
     barrier()
     return pixels if dist_info()[0] == 0 else get()
+
+def other_pixels(df: pd.DataFrame, cfg: dict, device=None) -> np.ndarray | None:
+    "With `edge_mix`, the crops of the same boxes cut by the other `crop_edge` rule, which training mixes in (else None)."
+    from maskclf.crop import other_edge
+    return get_pixels(df, {**cfg, 'crop_edge': other_edge(cfg['crop_edge'])}, device) if cfg['edge_mix'] else None
 
 # %% ../nbs/07e_fold.ipynb #88acfe35
 def fold_dir_for(cfg: dict) -> Path:
@@ -132,6 +137,7 @@ def make_recipe(cfg: dict, # the resolved run config
                 prec: Precision, # device and precision (`make_precision`)
                 rank: int = 0, # this process under DDP
                 world: int = 1, # the number of processes under DDP
+                other: np.ndarray | None = None, # the same N rows cut by the other `crop_edge` rule (`other_pixels`), for `edge_mix`
                ) -> Recipe:
     "Seed, then build `cfg`'s model, loaders, loss, optimiser and schedule."
     from maskclf.loss import make_loss
@@ -139,7 +145,7 @@ def make_recipe(cfg: dict, # the resolved run config
     model = build_model(cfg).to(prec.device)
     if prec.channels_last: model = model.to(memory_format=torch.channels_last)
     data_cfg, size, on = model.data_config, crop_size(cfg), resolve_augment_on(cfg['augment_on'], prec.device)
-    train_ds = make_dataset(pixels, train_idx, train_t, size, data_cfg, cfg['augment'], on)
+    train_ds = make_dataset(pixels, train_idx, train_t, size, data_cfg, cfg['augment'], on, other, cfg['edge_mix'])
     nw = auto_workers(cfg['num_workers'], prec.device)
     train_dl = make_loader(train_ds, cfg['batch_size'], True, cfg['seed'], nw, cfg['sampler'], rank, world)
     val_dl = eval_loader(pixels, val_idx, val_t, cfg, data_cfg, prec.device, eval_batch_size(cfg), rank, world, nw)
@@ -167,7 +173,8 @@ def run_fold(cfg: dict) -> dict:
     if not len(val_idx): raise ValueError(f"fold {cfg['fold']} has no photos (n_folds={cfg['n_folds']})")
     # model, loss, optimisation
     prec = make_precision(device, cfg['amp'])
-    r = make_recipe(cfg, pixels, train_idx, val_idx, train_targets(df, cfg['age_old_from']), head_truth(df), prec, rank, world)
+    r = make_recipe(cfg, pixels, train_idx, val_idx, train_targets(df, cfg['age_old_from']), head_truth(df), prec, rank, world,
+                    other_pixels(df, cfg, device))
     model, optimizer, schedule = r.model, r.optimizer, r.schedule
     at = dict(start=0, best=-math.inf, best_epoch=-1)  # where training stands: a fresh run, or the checkpoint's
     if resume:
@@ -239,10 +246,11 @@ def fit_split(cfg: dict, # a run configuration (`resolve_config` fills in the re
               val_idx, # rows to predict
               device=None, # torch device; default: CUDA when available
               show: bool = False, # progress bars
+              other: np.ndarray | None = None, # the same N rows cut by the other `crop_edge` rule, for `edge_mix`
              ) -> np.ndarray:
     "Train `cfg`'s recipe on `train_idx` for `epochs` epochs; return (len(val_idx), 18) probabilities (with its TTA)."
     cfg = resolve_config(cfg); prec = make_precision(device, cfg['amp'])
-    r = make_recipe(cfg, pixels, train_idx, val_idx, targets, targets, prec)  # what `run_fold` trains with
+    r = make_recipe(cfg, pixels, train_idx, val_idx, targets, targets, prec, other=other)  # what `run_fold` trains with
     model, train_dl, schedule, mix = r.model, r.train_dl, r.schedule, make_mix(cfg['mix'])
     for epoch in range(cfg['epochs']):
         seed_everything(cfg['seed'] + epoch); reseed_loader(train_dl, cfg['seed'] + epoch)

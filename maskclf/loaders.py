@@ -27,12 +27,18 @@ class CropDataset(Dataset):
                  idx, # the rows of `pixels` this dataset serves, in order
                  targets: dict, # per-head targets and `label` of all N rows (-1 unknown)
                  tfms=None,  # albumentations pipeline; None: the crop as a uint8 (H,W,3) tensor
-                 batch_tfms=None):  # what the loop runs on each batch on the device (`maskclf.augment.batch_tfms`)
+                 batch_tfms=None,  # what the loop runs on each batch on the device (`maskclf.augment.batch_tfms`)
+                 other=None,  # the same N rows cut another way (e.g. the other `crop_edge` rule), or None
+                 other_p: float = 0.):  # chance that an item comes from `other` (numpy's seeded generator decides)
+        if other_p and (other is None or len(other) != len(pixels)):
+            raise ValueError(f'other_p={other_p} needs `other` with the {len(pixels)} rows of `pixels`')
         self.pixels, self.idx, self.tfms, self.batch_tfms = pixels, np.asarray(idx), tfms, batch_tfms
+        self.other, self.other_p = other, other_p
         self.targets = {k: np.asarray(v)[self.idx] for k, v in targets.items()}
     def __len__(self): return len(self.idx)
     def __getitem__(self, i):
-        img = np.array(self.pixels[self.idx[i]])  # a copy: the cache is a read-only memmap
+        src = self.other if self.other_p and np.random.random() < self.other_p else self.pixels
+        img = np.array(src[self.idx[i]])  # a copy: the cache is a read-only memmap
         img = torch.from_numpy(img) if self.tfms is None else self.tfms(image=img)['image']
         return img, {k: int(v[i]) for k, v in self.targets.items()}
 
@@ -78,8 +84,8 @@ def make_loader(ds: Dataset, # a `CropDataset` (or a `Shard` of one)
                       drop_last=train and len(ds) > batch_size, num_workers=num_workers,
                       worker_init_fn=seed_tfms_worker if num_workers else None, pin_memory=torch.cuda.is_available(),
                       # workers that only read uint8 crops draw nothing random, so they can live across epochs; workers
-                      # running albumentations start afresh each epoch, reseeded, which keeps a resumed run identical
-                      persistent_workers=num_workers > 0 and dataset_attr(ds, 'tfms') is None)
+                      # that draw (albumentations, `other_p`) start afresh each epoch, reseeded: a resumed run is identical
+                      persistent_workers=num_workers > 0 and dataset_attr(ds, 'tfms') is None and not dataset_attr(ds, 'other_p'))
 
 def reseed_loader(loader: DataLoader, seed: int, rank: int = 0):
     "Make the next pass over `loader` depend only on `seed` and `rank` (order, worker seeds, main-process augmentations)."
@@ -106,13 +112,15 @@ def make_dataset(pixels, # crops (N, H, W, 3) uint8
                  data_config: dict,  # the model's `data_config` (its `mean` and `std`)
                  level: str = 'none',  # augmentation level: 'none' (evaluation), 'light' or 'strong'
                  on: str = 'cpu',  # 'cpu': albumentations per crop; 'device': uint8 crops, `batch_tfms` per batch
+                 other=None,  # the same rows cut by the other `crop_edge` rule (training with `edge_mix`), or None
+                 other_p: float = 0.,  # chance that a crop comes from `other` (the config's `edge_mix`)
                 ) -> CropDataset:
     "A `CropDataset` whose crops are augmented at `level` by albumentations in the loader or in batches on the device."
     from maskclf.augment import train_tfms, batch_tfms
     mean, std = data_config['mean'], data_config['std']
-    if on == 'device': return CropDataset(pixels, idx, targets, None, batch_tfms(size, mean, std, level))
+    if on == 'device': return CropDataset(pixels, idx, targets, None, batch_tfms(size, mean, std, level), other, other_p)
     if on != 'cpu': raise ValueError(f"on must be 'cpu' or 'device', not {on!r}")
-    return CropDataset(pixels, idx, targets, train_tfms(size, mean, std, level))  # level 'none' = `eval_tfms`
+    return CropDataset(pixels, idx, targets, train_tfms(size, mean, std, level), None, other, other_p)  # level 'none' = `eval_tfms`
 
 # %% ../nbs/07aa_loaders.ipynb #a1b2c3d6
 def eval_loader(pixels, # crops (N, H, W, 3) uint8
