@@ -174,7 +174,7 @@ def run_fold(cfg: dict) -> dict:
     # model, loss, optimisation
     prec = make_precision(device, cfg['amp'])
     r = make_recipe(cfg, pixels, train_idx, val_idx, train_targets(df, cfg['age_old_from']), head_truth(df), prec, rank, world,
-                    other_pixels(df, cfg, device))
+                    other=other_pixels(df, cfg, device))
     model, optimizer, schedule = r.model, r.optimizer, r.schedule
     at = dict(start=0, best=-math.inf, best_epoch=-1)  # where training stands: a fresh run, or the checkpoint's
     if resume:

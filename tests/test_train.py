@@ -106,6 +106,29 @@ def test_resume_continues(smoke, monkeypatch):
     np.testing.assert_allclose(b.val_loss, a.val_loss, rtol=1e-4)
 
 
+def test_edge_mix_trains_on_the_other_framing(outputs, monkeypatch):
+    "With `edge_mix`, `run_fold` gives the training loader the crops cut by the other `crop_edge` rule; without it, none."
+    import maskclf.fold as fold
+    seen, real = [], fold.make_recipe
+    def spy(cfg, pixels, *a, other=None, **k):
+        seen.append((cfg['crop_edge'], pixels, other))
+        return real(cfg, pixels, *a, other=other, **k)
+    monkeypatch.setattr(fold, 'make_recipe', spy)
+    cfg = learn.resolve_config(TINY, data_dir=outputs[1], epochs=1)
+    df, _ = fold.load_tables(cfg)  # demo faces sit well inside their photos: box some at a corner, where the rules differ
+    boxes = outputs[0] / 'corner_boxes.csv'
+    pd.DataFrame({'path': df.path[:20], 'x1': 0, 'y1': 0, 'x2': 60, 'y2': 60}).to_csv(boxes, index=False)
+    cfg['boxes_csv'] = str(boxes)
+    for edge, mix in (('pad', 0.5), ('clamp', 0.)):
+        run_fold(dict(cfg, run=f'edge_mix_{edge}', crop_edge=edge, edge_mix=mix))
+    (_, pad_px, clamp_px), (_, clamp_again, none) = seen
+    df, _ = fold.load_tables(cfg)
+    np.testing.assert_array_equal(clamp_px, fold.get_pixels(df, dict(cfg, crop_edge='clamp')))
+    np.testing.assert_array_equal(pad_px, fold.get_pixels(df, dict(cfg, crop_edge='pad')))
+    assert not np.array_equal(pad_px[:20], clamp_px[:20])  # the two framings differ where the boxes are at the corner
+    assert none is None and np.array_equal(clamp_again, clamp_px)
+
+
 @pytest.mark.skipif(real_data('faces') is None or real_data('masks') is None, reason='needs ../shared/data/real')
 def test_multihead_partial_labels_real(outputs):
     "Faces (age, gender; no mask) + masks (mask only): the multi-head model's loss falls in one short epoch."
