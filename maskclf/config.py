@@ -40,8 +40,8 @@ DEFAULT_CONFIG = dict(
     crop_margin=0.25,             # margin added around the face box, as a fraction of its size
     crop_edge='clamp',            # where the crop window passes the photo's edge: 'clamp' (moved and shrunk inside the photo)
                                   # or 'pad' (grey outside it: a face fills the same share of its crop however the photo was cut)
-    edge_mix=0.0,                 # share of training crops cut by the other crop_edge rule, drawn anew each epoch (0: none;
-                                  # 0.5: both framings equally, so the model knows faces zoomed by a clamp and framed wide)
+    edge_mix=0.25,                # share of training crops cut by the other crop_edge rule, drawn anew each epoch, so the
+                                  # model knows faces zoomed by a clamp and framed wide (0: none; README "Measured", issue 9)
     augment='light',              # training augmentation: 'none', 'light' or 'strong'
     tta='hflip',                  # test-time views of the final predictions: 'none', 'hflip' or 'hflip+scale'
     amp=True,                     # mixed precision on a GPU (bf16 where supported, else fp16); CPU always runs fp32
