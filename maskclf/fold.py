@@ -141,6 +141,9 @@ def make_recipe(cfg: dict, # the resolved run config
                ) -> Recipe:
     "Seed, then build `cfg`'s model, loaders, loss, optimiser and schedule."
     from maskclf.loss import make_loss
+    if cfg['edge_mix'] and other is None:
+        raise ValueError(f"edge_mix={cfg['edge_mix']} draws that share of the training crops from the other crop_edge rule: pass "
+                         f"`other` (the same rows' crops by that rule, e.g. `other_pixels(df, cfg)`), or set edge_mix=0")
     seed_everything(cfg['seed'])  # here, not earlier: filling the crop cache (a detector) may draw random numbers
     model = build_model(cfg).to(prec.device)
     if prec.channels_last: model = model.to(memory_format=torch.channels_last)
