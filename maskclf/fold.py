@@ -56,10 +56,10 @@ def get_pixels(df: pd.DataFrame, cfg: dict, device=None) -> np.ndarray:
     barrier()
     return pixels if dist_info()[0] == 0 else get()
 
-def other_pixels(df: pd.DataFrame, cfg: dict, device=None) -> np.ndarray | None:
-    "With `edge_mix`, the crops of the same boxes cut by the other `crop_edge` rule, which training mixes in (else None)."
+def other_pixels(df: pd.DataFrame, cfg: dict, device=None) -> np.ndarray:
+    "The crops of the same boxes cut by the other `crop_edge` rule (what `edge_mix` trains on, and a framing shift scores)."
     from maskclf.crop import other_edge
-    return get_pixels(df, {**cfg, 'crop_edge': other_edge(cfg['crop_edge'])}, device) if cfg['edge_mix'] else None
+    return get_pixels(df, {**cfg, 'crop_edge': other_edge(cfg['crop_edge'])}, device)
 
 # %% ../nbs/07e_fold.ipynb #88acfe35
 def fold_dir_for(cfg: dict) -> Path:
@@ -177,7 +177,7 @@ def run_fold(cfg: dict) -> dict:
     # model, loss, optimisation
     prec = make_precision(device, cfg['amp'])
     r = make_recipe(cfg, pixels, train_idx, val_idx, train_targets(df, cfg['age_old_from']), head_truth(df), prec, rank, world,
-                    other=other_pixels(df, cfg, device))
+                    other=other_pixels(df, cfg, device) if cfg['edge_mix'] else None)
     model, optimizer, schedule = r.model, r.optimizer, r.schedule
     at = dict(start=0, best=-math.inf, best_epoch=-1)  # where training stands: a fresh run, or the checkpoint's
     if resume:
