@@ -16,8 +16,9 @@ from .metrics import head_truth, score, oof_probs, not_scored
 
 # %% auto #0
 __all__ = ['TB_NAMES', 'FIGURE_DPI', 'tensorboard_writer', 'log_epoch', 'speed', 'plot_history', 'plot_confusion',
-           'plot_head_confusions', 'plot_class_f1', 'plot_mistakes', 'save_figures', 'fold_figures', 'describe_scored',
-           'write_report', 'fold_scores', 'plot_fold_scores', 'ensemble_report', 'plot_runs']
+           'plot_head_confusions', 'plot_class_f1', 'known_head_confidence', 'plot_mistakes', 'save_figures',
+           'fold_figures', 'describe_scored', 'write_report', 'fold_scores', 'plot_fold_scores', 'ensemble_report',
+           'plot_runs']
 
 # %% ../nbs/07d_report.ipynb #b775c5ac
 TB_NAMES = dict(train_loss='loss/train', val_loss='loss/val', lr='lr', img_s='speed/train_img_s', gpu_mem_gb='memory/gpu_gb')
@@ -119,25 +120,36 @@ def plot_class_f1(oof: pd.DataFrame):
     for i, h in enumerate(HEADS): _f1_bars(fig.add_subplot(2, 3, 4 + i), t[h], pred[h], HEAD_NAMES[h], h)
     fig.suptitle('per-class F1 (number above bar = true photos)'); fig.tight_layout(); return fig
 
-def _true_name(t: dict, i: int) -> str:
-    "The known heads of row `i` as 'mask/gender/age', '?' for unknown (the class name when all are known)."
-    return '/'.join(HEAD_NAMES[h][t[h][i]] if t[h][i] >= 0 else '?' for h in HEADS)
+def _head_names(v: dict, known: dict, i: int) -> str:
+    "Row `i` of the per-head values `v` as 'mask/gender/age', '?' for the heads `known` marks unknown."
+    return '/'.join(HEAD_NAMES[h][v[h][i]] if known[h][i] else '?' for h in HEADS)
+
+def known_head_confidence(probs: np.ndarray, # (n, 18) probabilities
+                          pred: dict, # predicted value per head, e.g. `decode(probs.argmax(1))` as a dict
+                          known: dict, # per head, a boolean mask of the rows whose truth is known
+                         ) -> np.ndarray:
+    "Per row, the probability the model gives its prediction on the known heads alone (the 18-class one when all are)."
+    classes = dict(zip(HEADS, decode(np.arange(len(CLASS_NAMES)))))  # each class's value of each head
+    agree = np.ones(probs.shape, bool)
+    for h in HEADS: agree &= (classes[h][None] == np.asarray(pred[h])[:, None]) | ~np.asarray(known[h])[:, None]
+    return (probs * agree).sum(1)
 
 def plot_mistakes(oof: pd.DataFrame, images: np.ndarray, n: int = 12):
     "Gallery of the most confident mistakes (a known head predicted wrongly); `images` holds the crop of each `oof` row."
     import matplotlib.pyplot as plt
-    t, pred = _truth_preds(oof); conf = oof_probs(oof).max(1)
-    known = np.any([t[h] >= 0 for h in HEADS], axis=0)
-    wrong = np.where(np.any([(t[h] >= 0) & (pred[h] != t[h]) for h in HEADS], axis=0))[0]
+    t, pred = _truth_preds(oof); known = {h: t[h] >= 0 for h in HEADS}
+    # rank and label by the known heads only: on a mask-only set the gender and age heads never learned anything
+    conf = known_head_confidence(oof_probs(oof), pred, known)
+    wrong = np.where(np.any([known[h] & (pred[h] != t[h]) for h in HEADS], axis=0))[0]
     wrong = wrong[np.argsort(-conf[wrong], kind='stable')][:n]
     cols = 6; rows = max(1, math.ceil(len(wrong) / cols))
     fig, axs = plt.subplots(rows, cols, figsize=(2.2 * cols, 3.0 * rows), squeeze=False)
     for ax in axs.flat: ax.axis('off')
     for ax, i in zip(axs.flat, wrong):
         ax.imshow(images[i])
-        ax.set_title(f"true {_true_name(t, i)}\npred {CLASS_NAMES[pred['label'][i]]} {conf[i]:.2f}", fontsize=7)
+        ax.set_title(f"true {_head_names(t, known, i)}\npred {_head_names(pred, known, i)} {conf[i]:.2f}", fontsize=7)
     fig.suptitle(f'most confident mistakes ({len(wrong)} shown)' if len(wrong) else
-                 'no mistakes on the labelled rows' if known.any() else 'no labels: nothing to compare with')
+                 'no mistakes on the labelled rows' if np.any(list(known.values())) else 'no labels: nothing to compare with')
     fig.tight_layout(); return fig
 
 # %% ../nbs/07d_report.ipynb #74daff0a
