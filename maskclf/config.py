@@ -44,6 +44,8 @@ DEFAULT_CONFIG = dict(
                                   # model knows faces zoomed by a clamp and framed wide (0: none; README "Measured", issue 9)
     augment='light',              # training augmentation: 'none', 'light' or 'strong'
     tta='hflip',                  # test-time views of the final predictions: 'none', 'hflip' or 'hflip+scale'
+    tta_framing=True,             # also predict each photo cut by the other crop_edge rule and average the two framings
+                                  # (final predictions only; MEASUREMENTS.md, issue 9)
     amp=True,                     # mixed precision on a GPU (bf16 where supported, else fp16); CPU always runs fp32
     seed=42,                      # one seed for Python, numpy, torch, the loaders and the augmentations
     num_workers=-1,               # DataLoader workers; -1 = auto (0 on CPU, up to 8 on a GPU)
@@ -78,6 +80,7 @@ def resolve_config(cfg: dict | None = None, **overrides) -> dict:
     for k, ok in CHOICES.items():
         if out[k] not in ok: raise ValueError(f'{k}={out[k]!r} is not one of {ok}')
     if not 0 <= out['edge_mix'] <= 1: raise ValueError(f"edge_mix={out['edge_mix']!r} is a share of the crops: 0 to 1")
+    if not isinstance(out['tta_framing'], bool): raise ValueError(f"tta_framing={out['tta_framing']!r} must be True or False")
     return out
 
 def as_list(x) -> list:

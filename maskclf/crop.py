@@ -168,8 +168,8 @@ CROP_MARGIN = 0.25  # fraction of the face box added on each side, unless a run 
 # What happens where the window passes the photo's edge. 'clamp' moves the window inside the photo and shrinks it
 # when it does not fit, which zooms in on faces in tightly cut photos (about 1.9 times on UTKFace's aligned faces);
 # 'pad' keeps it centred on the face and fills the outside with PAD_FILL, so a face fills the same share of its crop
-# however the photo was cut. 'clamp' stays the default: on real photos it scored better within a data set (README
-# "Measured", "Crop framing at the photo's edge"); the run config's `edge_mix` trains on a share of the other framing.
+# however the photo was cut. 'clamp' stays the default: on real photos it scored better within a data set
+# (MEASUREMENTS.md, "Crop framing at the photo's edge"); the run config's `edge_mix` trains on a share of the other framing.
 CROP_EDGES = ('clamp', 'pad')
 CROP_EDGE = 'clamp'
 PAD_FILL = (124, 116, 104)  # the ImageNet mean colour: zero after normalisation, so padding carries no signal

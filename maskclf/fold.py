@@ -16,18 +16,18 @@ from torch.utils.data import DataLoader
 
 from .core import seed_everything, fresh_dir, atomic_path, save_json, code_version, folder_lock, clean_stale_tmp
 from .config import resolve_config, crop_size, eval_batch_size, run_folder, check_resume_config, auto_workers
-from .metrics import (train_targets, keep_for_training, head_truth, selection_keys, scored_classes, nan_to_none,
-                             format_scores, make_oof, check_probs, NonFiniteLossError)
+from .metrics import (train_targets, keep_for_training, head_truth, score, selection_keys, scored_classes,
+                             nan_to_none, format_scores, make_oof, check_probs, NonFiniteLossError)
 from .loaders import resolve_augment_on, make_dataset, make_loader, reseed_loader, eval_loader
-from .learn import (Precision, make_precision, make_optimizer, Schedule, make_mix, train_one_epoch, fit, validate,
-                           predict_probs)
+from .learn import Precision, make_precision, make_optimizer, Schedule, make_mix, train_one_epoch, fit, predict_probs
 from .checkpoint import build_model, load_checkpoint, load_model
-from .distributed import dist_info, setup_distributed, gather_shards, barrier
+from .distributed import dist_info, setup_distributed, gather_shards, barrier, unwrap
 from .report import save_figures, fold_figures, write_report
 
 # %% auto #0
-__all__ = ['load_tables', 'get_pixels', 'other_pixels', 'fold_dir_for', 'fold_state', 'open_fold_dir', 'locked_fold',
-           'trim_history', 'save_submission', 'Recipe', 'make_recipe', 'run_fold', 'finish_fold', 'fit_split']
+__all__ = ['load_tables', 'get_pixels', 'other_pixels', 'prediction_views', 'framed_probs', 'fold_dir_for', 'fold_state',
+           'open_fold_dir', 'locked_fold', 'trim_history', 'save_submission', 'Recipe', 'make_recipe', 'run_fold',
+           'finish_fold', 'fit_split']
 
 # %% ../nbs/07e_fold.ipynb #08f2998b
 def load_tables(cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame | None]:
@@ -60,6 +60,32 @@ def other_pixels(df: pd.DataFrame, cfg: dict, device=None) -> np.ndarray:
     "The crops of the same boxes cut by the other `crop_edge` rule (what `edge_mix` trains on, and a framing shift scores)."
     from maskclf.crop import other_edge
     return get_pixels(df, {**cfg, 'crop_edge': other_edge(cfg['crop_edge'])}, device)
+
+def prediction_views(df: pd.DataFrame, # the photos to predict
+                     cfg: dict, # the run config: crop size, margin, `crop_edge` and `tta_framing`
+                     device=None, # where a crop cache is filled (its detector runs)
+                     pixels: np.ndarray | None = None, # `df`'s crops in the run's own framing, where already at hand
+                    ) -> list[np.ndarray]:
+    "The crop arrays a run predicts `df` from: its own framing (`pixels` where given), and with `tta_framing` the other rule's."
+    own = get_pixels(df, cfg, device) if pixels is None else pixels
+    return [own, other_pixels(df, cfg, device)] if cfg['tta_framing'] else [own]
+
+def framed_probs(model, # the model to predict with
+                 views: list, # crop arrays of the same photos, one per framing (`prediction_views`)
+                 idx, # the rows to predict, in order
+                 cfg: dict, # the run config: crop size and input path
+                 prec: Precision, # device, autocast, memory format
+                 tta: str = 'none', # test-time views of each framing (`maskclf.augment.TTA_MODES`)
+                 batch_size: int = 64, # crops per batch
+                 rank: int = 0, # this process's shard under DDP
+                 world: int = 1, # the number of processes under DDP
+                ) -> np.ndarray:
+    "(len(idx), 18) probabilities of rows `idx`: each framing through `predict_probs` with `tta`, averaged with equal weights."
+    out = []
+    for pix in views:
+        dl = eval_loader(pix, idx, None, cfg, unwrap(model).data_config, prec.device, batch_size, rank, world)
+        out.append(gather_shards(predict_probs(model, dl, prec, tta)[0], None, len(idx) if world > 1 else None)[0])
+    return np.mean(out, axis=0, dtype=np.float64).astype(np.float32)
 
 # %% ../nbs/07e_fold.ipynb #88acfe35
 def fold_dir_for(cfg: dict) -> Path:
@@ -206,31 +232,27 @@ def finish_fold(cfg: dict, # the resolved run config
                 history: pd.DataFrame, # the epochs run (`fit`)
                 n_train: int = 0, # training rows, for metrics.json
                ) -> dict:
-    "Predict validation and eval photos with `best.pt` (+TTA), write oof/test/submission/metrics/figures/report."
+    "Predict validation and eval photos with `best.pt` (+TTA, both framings), write oof/test/submission/metrics/figures/report."
     barrier()
     rank, world, _ = dist_info()
     ck = load_checkpoint(fold_dir / 'best.pt', prec.device)  # read once: weights, config and epoch
     model = load_model(ck, prec.device)
     if prec.channels_last: model = model.to(memory_format=torch.channels_last)
-    loader = lambda pix, idx, truth: eval_loader(pix, idx, truth, cfg, model.data_config, prec.device, eval_batch_size(cfg),
-                                                 rank, world)
+    predict = lambda d, idx, pix=None, what='': check_probs(  # each framing of `d` (`tta_framing`) with the run's TTA
+        framed_probs(model, prediction_views(d, cfg, prec.device, pix), idx, cfg, prec, cfg['tta'], eval_batch_size(cfg),
+                     rank, world), f"{fold_dir / 'best.pt'} on the {what} photos", error=NonFiniteLossError)
     truth = head_truth(df)
-    va = validate(model, loader(pixels, val_idx, truth), None, prec, tta=cfg['tta'])
-    check_probs(va['probs'], f"{fold_dir / 'best.pt'} on the validation photos", error=NonFiniteLossError)
-    test_probs = None
-    if ev is not None and len(ev):
-        ev_pix = get_pixels(ev, cfg, prec.device)
-        ev_dl = loader(ev_pix, np.arange(len(ev)), None)
-        test_probs, _ = gather_shards(predict_probs(model, ev_dl, prec, cfg['tta'])[0], None, len(ev) if world > 1 else None)
-        check_probs(test_probs, f"{fold_dir / 'best.pt'} on the eval photos", error=NonFiniteLossError)
-    metrics = {**{k: v for k, v in va.items() if k not in ('probs', 'val_loss', 'val_seconds')},
-               'best_epoch': ck['epoch'], 'epochs_run': int(len(history)), 'n_train_rows': int(n_train),
+    val_probs = predict(df, val_idx, pixels, 'validation')
+    va = score({k: v[val_idx] for k, v in truth.items()}, val_probs)
+    test_probs = predict(ev, np.arange(len(ev)), what='eval') if ev is not None and len(ev) else None
+    metrics = {**va, 'best_epoch': ck['epoch'], 'epochs_run': int(len(history)), 'n_train_rows': int(n_train),
                'n_val': int(len(val_idx)), 'n_eval': int(len(ev)) if ev is not None else 0, 'tta': cfg['tta'],
+               'tta_framing': cfg['tta_framing'],
                'device': str(prec.device), 'world_size': world, 'code': code_version(),
                'train_seconds': float(history.train_seconds.sum()) if len(history) else 0.0,
                'best_by': ' + '.join(selection_keys(va)) or 'val_loss', 'scored': scored_classes({k: v[val_idx] for k, v in truth.items()})}
     if main:
-        oof = make_oof(df.iloc[val_idx], va['probs'])
+        oof = make_oof(df.iloc[val_idx], val_probs)
         with atomic_path(fold_dir / 'oof.csv') as tmp: oof.to_csv(tmp, index=False)
         if test_probs is not None:
             with atomic_path(fold_dir / 'test_probs.npy') as tmp: np.save(open(tmp, 'wb'), test_probs.astype(np.float32))
@@ -249,15 +271,19 @@ def fit_split(cfg: dict, # a run configuration (`resolve_config` fills in the re
               val_idx, # rows to predict
               device=None, # torch device; default: CUDA when available
               show: bool = False, # progress bars
-              other: np.ndarray | None = None, # the same N rows cut by the other `crop_edge` rule, for `edge_mix`
+              other: np.ndarray | None = None, # the same N rows cut by the other `crop_edge` rule, for `edge_mix` and `tta_framing`
              ) -> np.ndarray:
-    "Train `cfg`'s recipe on `train_idx` for `epochs` epochs; return (len(val_idx), 18) probabilities (with its TTA)."
+    "Train `cfg`'s recipe on `train_idx` for `epochs` epochs; return (len(val_idx), 18) probabilities (with its TTA and framings)."
     cfg = resolve_config(cfg); prec = make_precision(device, cfg['amp'])
+    if cfg['tta_framing'] and other is None:
+        raise ValueError('tta_framing averages the predictions of both crop_edge framings: pass `other` (the same rows cut by '
+                         'the other rule, e.g. `other_pixels(df, cfg)`), or set tta_framing=False')
     r = make_recipe(cfg, pixels, train_idx, val_idx, targets, targets, prec, other=other)  # what `run_fold` trains with
     model, train_dl, schedule, mix = r.model, r.train_dl, r.schedule, make_mix(cfg['mix'])
     for epoch in range(cfg['epochs']):
         seed_everything(cfg['seed'] + epoch); reseed_loader(train_dl, cfg['seed'] + epoch)
         tr = train_one_epoch(model, train_dl, r.loss_fn, r.optimizer, prec, schedule, epoch, cfg['grad_clip'], mix, show)
         schedule.step_epoch(-tr['train_loss'])  # 'plateau' follows the training loss: these rows are not for choosing
-    probs = predict_probs(model, r.val_dl, prec, cfg['tta'])[0]
+    probs = framed_probs(model, [pixels, other] if cfg['tta_framing'] else [pixels], val_idx, cfg, prec, cfg['tta'],
+                         eval_batch_size(cfg))
     return check_probs(probs, f'fit_split: the predictions after {cfg["epochs"]} epochs', error=NonFiniteLossError)

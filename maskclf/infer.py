@@ -14,10 +14,9 @@ import torch
 from .core import N_CLASSES, save_json, get_device, fresh_dir
 from .config import resolve_config
 from .metrics import PROB_COLS, score, scored_classes, nan_to_none, oof_probs, check_probs, class_report
-from .loaders import eval_loader
-from .learn import make_precision, predict_probs
+from .learn import make_precision
 from .checkpoint import CheckpointError, load_checkpoint, load_model
-from .fold import get_pixels, save_submission
+from .fold import prediction_views, framed_probs, save_submission
 from .runs import run_dir, fold_status, read_config, read_oof
 from .data import has_eval, DataError, raise_problems
 
@@ -69,6 +68,7 @@ def predict(checkpoint, # a `best.pt` / `last.pt` written by `maskclf.checkpoint
             device=None, # torch device; default CUDA where available
             on_error: str = 'raise', # unreadable photos: 'raise' one error listing all, or 'skip' them (see `attrs`)
             boxes_csv=None, # face-box overrides (path,x1,y1,x2,y2) naming only these photos; None: the run's own `boxes_csv` (its rows for these photos); '': none
+            framing: bool | None = None, # also the other crop_edge rule's crops, averaged; None: as the run was configured (`tta_framing`)
            ) -> pd.DataFrame:
     "Eighteen-class probabilities for every photo of `data` from one checkpoint: `path` + `p0..p17`."
     if on_error not in ('raise', 'skip'): raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
@@ -85,11 +85,11 @@ def predict(checkpoint, # a `best.pt` / `last.pt` written by `maskclf.checkpoint
     df = boxes_for(df[~df.path.astype(str).isin(bad)].reset_index(drop=True), cfg, boxes_csv)
     probs = np.zeros((0, N_CLASSES), np.float32)
     if len(df):
-        pixels = get_pixels(df, cfg, device)  # the crops the model was trained on: same size, margin, aspect
+        views = prediction_views(df, cfg if framing is None else {**cfg, 'tta_framing': bool(framing)}, device)  # the run's crops
         prec = make_precision(device, cfg['amp'])  # the fold's precision and memory format: the same numbers as its test_probs
         if prec.channels_last: model = model.to(memory_format=torch.channels_last)
-        dl = eval_loader(pixels, np.arange(len(df)), None, cfg, model.data_config, device, batch_size)
-        probs = check_probs(predict_probs(model, dl, prec, tta)[0], f'{checkpoint} on {len(df)} photos')  # the one loop
+        probs = check_probs(framed_probs(model, views, np.arange(len(df)), cfg, prec, tta, batch_size),  # the one loop
+                            f'{checkpoint} on {len(df)} photos')
     out = probs_frame(df.path, probs); out.attrs['skipped'] = bad
     return out
 
