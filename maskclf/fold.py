@@ -238,13 +238,14 @@ def finish_fold(cfg: dict, # the resolved run config
     ck = load_checkpoint(fold_dir / 'best.pt', prec.device)  # read once: weights, config and epoch
     model = load_model(ck, prec.device)
     if prec.channels_last: model = model.to(memory_format=torch.channels_last)
-    predict = lambda d, idx, pix=None, what='': check_probs(  # each framing of `d` (`tta_framing`) with the run's TTA
-        framed_probs(model, prediction_views(d, cfg, prec.device, pix), idx, cfg, prec, cfg['tta'], eval_batch_size(cfg),
-                     rank, world), f"{fold_dir / 'best.pt'} on the {what} photos", error=NonFiniteLossError)
+    def predict(d, idx, what, pix=None):  # each framing of `d` (`tta_framing`) with the run's TTA
+        probs = framed_probs(model, prediction_views(d, cfg, prec.device, pix), idx, cfg, prec, cfg['tta'],
+                             eval_batch_size(cfg), rank, world)
+        return check_probs(probs, f"{fold_dir / 'best.pt'} on the {what} photos", error=NonFiniteLossError)
     truth = head_truth(df)
-    val_probs = predict(df, val_idx, pixels, 'validation')
+    val_probs = predict(df, val_idx, 'validation', pixels)
     va = score({k: v[val_idx] for k, v in truth.items()}, val_probs)
-    test_probs = predict(ev, np.arange(len(ev)), what='eval') if ev is not None and len(ev) else None
+    test_probs = predict(ev, np.arange(len(ev)), 'eval') if ev is not None and len(ev) else None
     metrics = {**va, 'best_epoch': ck['epoch'], 'epochs_run': int(len(history)), 'n_train_rows': int(n_train),
                'n_val': int(len(val_idx)), 'n_eval': int(len(ev)) if ev is not None else 0, 'tta': cfg['tta'],
                'tta_framing': cfg['tta_framing'],

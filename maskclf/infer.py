@@ -85,7 +85,7 @@ def predict(checkpoint, # a `best.pt` / `last.pt` written by `maskclf.checkpoint
     df = boxes_for(df[~df.path.astype(str).isin(bad)].reset_index(drop=True), cfg, boxes_csv)
     probs = np.zeros((0, N_CLASSES), np.float32)
     if len(df):
-        views = prediction_views(df, cfg if framing is None else {**cfg, 'tta_framing': bool(framing)}, device)  # the run's crops
+        views = prediction_views(df, cfg if framing is None else resolve_config(cfg, tta_framing=framing), device)  # the run's crops
         prec = make_precision(device, cfg['amp'])  # the fold's precision and memory format: the same numbers as its test_probs
         if prec.channels_last: model = model.to(memory_format=torch.channels_last)
         probs = check_probs(framed_probs(model, views, np.arange(len(df)), cfg, prec, tta, batch_size),  # the one loop
