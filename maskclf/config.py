@@ -12,8 +12,9 @@ from .augment import TTA_MODES
 from .crop import CROP_EDGES
 
 # %% auto #0
-__all__ = ['DEFAULT_CONFIG', 'CHOICES', 'EVAL_BATCH_FACTOR', 'MAX_AUTO_WORKERS', 'RESUME_FREE', 'resolve_config', 'as_list',
-           'crop_size', 'eval_batch_size', 'run_folder', 'auto_workers', 'check_resume_config']
+__all__ = ['DEFAULT_CONFIG', 'CHOICES', 'BOOL_KEYS', 'AMP_DTYPES', 'EVAL_BATCH_FACTOR', 'MAX_AUTO_WORKERS', 'RESUME_FREE',
+           'FIXED_LENGTH_SCHEDULES', 'resolve_config', 'as_bool', 'as_list', 'crop_size', 'eval_batch_size',
+           'run_folder', 'auto_workers', 'check_resume_config']
 
 # %% ../nbs/07_config.ipynb #af2b2807
 DEFAULT_CONFIG = dict(
@@ -80,8 +81,21 @@ def resolve_config(cfg: dict | None = None, **overrides) -> dict:
     for k, ok in CHOICES.items():
         if out[k] not in ok: raise ValueError(f'{k}={out[k]!r} is not one of {ok}')
     if not 0 <= out['edge_mix'] <= 1: raise ValueError(f"edge_mix={out['edge_mix']!r} is a share of the crops: 0 to 1")
-    if not isinstance(out['tta_framing'], bool): raise ValueError(f"tta_framing={out['tta_framing']!r} must be True or False")
+    for k in BOOL_KEYS: out[k] = as_bool(out[k], k)
+    if isinstance(out['amp'], str) and out['amp'].lower() in AMP_DTYPES: out['amp'] = out['amp'].lower()
+    else: out['amp'] = as_bool(out['amp'], 'amp', "True, False, 'bf16' or 'fp16'")
+    if isinstance(out['pretrained'], str) and out['pretrained'].lower() in ('true', 'false'):  # else a weights file
+        out['pretrained'] = as_bool(out['pretrained'], 'pretrained')
     return out
+
+BOOL_KEYS = ('overwrite', 'resume', 'tensorboard', 'tta_framing')  # True or False, nothing else
+AMP_DTYPES = ('bf16', 'fp16')  # `amp` may also name the autocast dtype
+
+def as_bool(x, key: str, allowed: str = 'True or False') -> bool:
+    "A bool from a bool or the text 'true'/'false' (any case: `papermill -p` passes `false` as text); anything else is an error."
+    if isinstance(x, bool): return x
+    if isinstance(x, str) and x.lower() in ('true', 'false'): return x.lower() == 'true'
+    raise ValueError(f'{key}={x!r} must be {allowed}')
 
 def as_list(x) -> list:
     "A list from a list, a tuple, None/'' (empty) or a comma-separated string (handy on the command line)."
@@ -110,10 +124,16 @@ def auto_workers(n: int, device) -> int:
     "DataLoader workers for `num_workers=n`: `n` if >= 0, else 0 on CPU (the main process is fastest there), else min(8, cores)."
     return n if n >= 0 else (0 if device.type == 'cpu' else min(MAX_AUTO_WORKERS, os.cpu_count() or 1))
 
-RESUME_FREE = ('resume', 'overwrite', 'epochs', 'patience', 'num_workers', 'tensorboard')  # may change on resume
+# may change on resume: they steer the run, or act only on the final predictions (`tta`, `tta_framing`)
+RESUME_FREE = ('resume', 'overwrite', 'epochs', 'patience', 'num_workers', 'tensorboard', 'tta', 'tta_framing')
+FIXED_LENGTH_SCHEDULES = ('cosine', 'onecycle')  # laid out over `epochs` from the first step: `epochs` is fixed with them
 
 def check_resume_config(saved: dict, cfg: dict):
-    "Refuse to resume with a config that changes results (epochs, patience, workers and the flags may change)."
+    "Refuse to resume with a config that changes training (patience, workers, TTA, flags and, unless the lr schedule is fixed-length, epochs may change)."
     saved = resolve_config(saved)  # keys added since the run was saved take their defaults
-    diff = {k: (saved.get(k), cfg[k]) for k in cfg if k not in RESUME_FREE and saved.get(k) != cfg[k]}
-    if diff: raise ValueError(f'cannot resume: the config differs from the saved one in {diff} (saved, now)')
+    free = [k for k in RESUME_FREE if not (k == 'epochs' and saved['scheduler'] in FIXED_LENGTH_SCHEDULES)]
+    diff = {k: (saved.get(k), cfg[k]) for k in cfg if k not in free and saved.get(k) != cfg[k]}
+    if not diff: return
+    why = (f"; the {saved['scheduler']!r} learning-rate schedule was laid out over epochs={saved['epochs']}: resume with that, "
+           f"or start a new run" if 'epochs' in diff else '')
+    raise ValueError(f'cannot resume: the config differs from the saved one in {diff} (saved, now){why}')

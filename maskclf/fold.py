@@ -81,6 +81,8 @@ def framed_probs(model, # the model to predict with
                  world: int = 1, # the number of processes under DDP
                 ) -> np.ndarray:
     "(len(idx), 18) probabilities of rows `idx`: each framing through `predict_probs` with `tta`, averaged with equal weights."
+    if len({len(v) for v in views}) > 1:  # row i of each view must be the same photo, or the average mixes photos
+        raise ValueError(f'the framings to average hold different numbers of photos: {[len(v) for v in views]}')
     out = []
     for pix in views:
         dl = eval_loader(pix, idx, None, cfg, unwrap(model).data_config, prec.device, batch_size, rank, world)
@@ -170,6 +172,8 @@ def make_recipe(cfg: dict, # the resolved run config
     if cfg['edge_mix'] and other is None:
         raise ValueError(f"edge_mix={cfg['edge_mix']} draws that share of the training crops from the other crop_edge rule: pass "
                          f"`other` (the same rows' crops by that rule, e.g. `other_pixels(df, cfg)`), or set edge_mix=0")
+    if other is not None and len(other) != len(pixels):
+        raise ValueError(f'`other` must hold the same photos as `pixels`, row for row: {len(other)} rows against {len(pixels)}')
     seed_everything(cfg['seed'])  # here, not earlier: filling the crop cache (a detector) may draw random numbers
     model = build_model(cfg).to(prec.device)
     if prec.channels_last: model = model.to(memory_format=torch.channels_last)
@@ -259,7 +263,7 @@ def finish_fold(cfg: dict, # the resolved run config
             with atomic_path(fold_dir / 'test_probs.npy') as tmp: np.save(open(tmp, 'wb'), test_probs.astype(np.float32))
             save_submission(ev, test_probs, fold_dir / 'submission.csv')
         save_json(nan_to_none(metrics), fold_dir / 'metrics.json')  # not scored = null
-        figs = save_figures(fold_dir, fold_figures(history, oof, np.asarray(pixels[val_idx])))
+        figs = save_figures(fold_dir, fold_figures(history, oof, pixels, val_idx))
         write_report(fold_dir, metrics, figs, cfg, title=f"{cfg['run']} fold {cfg['fold']}")
         print(f"fold {cfg['fold']}: {format_scores(metrics)} -> {fold_dir}")
     return {**metrics, 'fold_dir': str(fold_dir)}

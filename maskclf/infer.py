@@ -63,7 +63,7 @@ def boxes_for(df: pd.DataFrame, cfg: dict, boxes_csv=None) -> pd.DataFrame:
 
 def predict(checkpoint, # a `best.pt` / `last.pt` written by `maskclf.checkpoint.save_checkpoint`
             data, # competition folder (eval set), labels CSV, list of image paths, or photo table
-            tta: str = 'hflip', # TTA views: 'none', 'hflip', 'hflip+scale' (`maskclf.augment.TTA_MODES`)
+            tta: str | None = None, # TTA views: 'none', 'hflip', 'hflip+scale' (`maskclf.augment.TTA_MODES`); None: the run's own
             batch_size: int = 64, # images per forward pass
             device=None, # torch device; default CUDA where available
             on_error: str = 'raise', # unreadable photos: 'raise' one error listing all, or 'skip' them (see `attrs`)
@@ -88,7 +88,7 @@ def predict(checkpoint, # a `best.pt` / `last.pt` written by `maskclf.checkpoint
         views = prediction_views(df, cfg if framing is None else resolve_config(cfg, tta_framing=framing), device)  # the run's crops
         prec = make_precision(device, cfg['amp'])  # the fold's precision and memory format: the same numbers as its test_probs
         if prec.channels_last: model = model.to(memory_format=torch.channels_last)
-        probs = check_probs(framed_probs(model, views, np.arange(len(df)), cfg, prec, tta, batch_size),  # the one loop
+        probs = check_probs(framed_probs(model, views, np.arange(len(df)), cfg, prec, cfg['tta'] if tta is None else tta, batch_size),  # the one loop
                             f'{checkpoint} on {len(df)} photos')
     out = probs_frame(df.path, probs); out.attrs['skipped'] = bad
     return out

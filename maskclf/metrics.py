@@ -61,7 +61,8 @@ def score(labels, # 18-class labels (-1 unknown), or a table/dict with mask, gen
     out = dict(zip(('f1_macro', 'accuracy'), _f1_acc(t['label'], pred)))
     for h, p in zip(HEADS, decode(pred)):
         out[f'f1_{h}'], out[f'acc_{h}'] = _f1_acc(t[h], p)
-    out['n_scored'] = int((t['label'] >= 0).sum())
+    out['n_scored'] = int((t['label'] >= 0).sum())  # photos with all three labels: the 18-class scores
+    for h in HEADS: out[f'n_{h}'] = int((t[h] >= 0).sum())  # and with each head's label: its scores
     return out
 
 # %% ../nbs/07a_metrics.ipynb #f7b5d2e8

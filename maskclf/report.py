@@ -134,19 +134,23 @@ def known_head_confidence(probs: np.ndarray, # (n, 18) probabilities
     for h in HEADS: agree &= (classes[h][None] == np.asarray(pred[h])[:, None]) | ~np.asarray(known[h])[:, None]
     return (probs * agree).sum(1)
 
-def plot_mistakes(oof: pd.DataFrame, images: np.ndarray, n: int = 12):
-    "Gallery of the most confident mistakes (a known head predicted wrongly); `images` holds the crop of each `oof` row."
+def plot_mistakes(oof: pd.DataFrame, # out-of-fold predictions with their truth (`make_oof`)
+                  images: np.ndarray, # crops: `images[i]`, or `images[rows[i]]`, is the crop of `oof` row i
+                  n: int = 12, # mistakes shown
+                  rows: np.ndarray | None = None, # each `oof` row's row of `images` (a memory-mapped cache: only those shown are read)
+                 ):
+    "Gallery of the most confident mistakes (a known head predicted wrongly), ranked and labelled by the known heads."
     import matplotlib.pyplot as plt
     t, pred = _truth_preds(oof); known = {h: t[h] >= 0 for h in HEADS}
     # rank and label by the known heads only: on a mask-only set the gender and age heads never learned anything
     conf = known_head_confidence(oof_probs(oof), pred, known)
     wrong = np.where(np.any([known[h] & (pred[h] != t[h]) for h in HEADS], axis=0))[0]
     wrong = wrong[np.argsort(-conf[wrong], kind='stable')][:n]
-    cols = 6; rows = max(1, math.ceil(len(wrong) / cols))
-    fig, axs = plt.subplots(rows, cols, figsize=(2.2 * cols, 3.0 * rows), squeeze=False)
+    cols = 6; grid_rows = max(1, math.ceil(len(wrong) / cols))
+    fig, axs = plt.subplots(grid_rows, cols, figsize=(2.2 * cols, 3.0 * grid_rows), squeeze=False)
     for ax in axs.flat: ax.axis('off')
     for ax, i in zip(axs.flat, wrong):
-        ax.imshow(images[i])
+        ax.imshow(images[i if rows is None else rows[i]])
         ax.set_title(f"true {_head_names(t, known, i)}\npred {_head_names(pred, known, i)} {conf[i]:.2f}", fontsize=7)
     fig.suptitle(f'most confident mistakes ({len(wrong)} shown)' if len(wrong) else
                  'no mistakes on the labelled rows' if np.any(list(known.values())) else 'no labels: nothing to compare with')
@@ -167,11 +171,15 @@ def save_figures(dest, # the folder to write `<name>.png` into
         plt.close(fig)
     return paths
 
-def fold_figures(history: pd.DataFrame, oof: pd.DataFrame, images: np.ndarray) -> dict:
+def fold_figures(history: pd.DataFrame, # the epochs run (`fit`)
+                 oof: pd.DataFrame, # the fold's validation predictions (`make_oof`)
+                 images: np.ndarray, # crops, as `plot_mistakes` takes them
+                 rows: np.ndarray | None = None, # each `oof` row's row of `images`
+                ) -> dict:
     "The figures of a fold run, as `save_figures` takes them: learning curves, confusion matrices, F1, mistakes."
     return dict(learning_curves=lambda: plot_history(history), confusion_18=lambda: plot_confusion(oof),
                 confusion_heads=lambda: plot_head_confusions(oof), class_f1=lambda: plot_class_f1(oof),
-                mistakes=lambda: plot_mistakes(oof, images))
+                mistakes=lambda: plot_mistakes(oof, images, rows=rows))
 
 # %% ../nbs/07d_report.ipynb #cabca629
 def describe_scored(scored: dict) -> list[str]:
@@ -208,7 +216,7 @@ def write_report(fold_dir, # the folder to write report.html into
 # %% ../nbs/07d_report.ipynb #e054c1af
 def fold_scores(res: dict) -> pd.DataFrame:
     "Macro F1 (18 classes and per head) of each fold's out-of-fold rows, and of all of them ('all')."
-    oof, cols = res['oof'], ['f1_macro', 'f1_mask', 'f1_gender', 'f1_age', 'accuracy', 'n_scored']
+    oof, cols = res['oof'], ['f1_macro', 'f1_mask', 'f1_gender', 'f1_age', 'accuracy', 'n_scored', *(f'n_{h}' for h in HEADS)]
     rows = {f'fold{k}': score(g, oof_probs(g)) for k, g in oof.groupby('fold')}
     rows['all'] = score(oof, oof_probs(oof))
     return pd.DataFrame(rows).T[cols]

@@ -46,9 +46,10 @@ def _no_eval(fold) -> bool:
     except (OSError, ValueError): return False
 
 def read_config(run) -> dict:
-    "The run config shared by its folds (from the first fold that has one), without the fold number."
+    "The run config shared by its folds (from the first fold that has one), without the fold number; keys added since take the values the run used."
+    from maskclf.checkpoint import LEGACY_CONFIG  # e.g. a run from before `tta_framing` predicted from one framing
     for p in sorted(run_dir(run).glob('fold*/config.json')):
-        cfg = json.loads(p.read_text()); cfg.pop('fold', None); return cfg
+        cfg = {**LEGACY_CONFIG, **json.loads(p.read_text())}; cfg.pop('fold', None); return cfg
     raise FileNotFoundError(f'{run_dir(run)}: no fold*/config.json, so this is not a run folder')
 
 # %% ../nbs/08b_runs.ipynb #8f9b8d21

@@ -55,8 +55,8 @@ def check_fold(fold_dir: Path, keep):
     m = json.loads((fold_dir / 'metrics.json').read_text())
     assert m['f1_macro'] is None and m['accuracy'] is None and m['n_scored'] == 0  # no photo has all three labels
     for h in ('mask', 'gender', 'age'):
-        if h in keep: assert 0 <= m[f'f1_{h}'] <= 1 and m['scored'][h], (h, m)
-        else: assert m[f'f1_{h}'] is None and m['scored'][h] == [], (h, m)
+        if h in keep: assert 0 <= m[f'f1_{h}'] <= 1 and m['scored'][h] and m[f'n_{h}'] == m['n_val'], (h, m)
+        else: assert m[f'f1_{h}'] is None and m['scored'][h] == [] and m[f'n_{h}'] == 0, (h, m)
     assert m['best_by'] == ' + '.join(f'f1_{h}' for h in ('mask', 'gender', 'age') if h in keep)
     html = (fold_dir / 'report.html').read_text()
     assert html.count('data:image/png;base64') == len(FIGURES) and 'not scored (no labels)' in html

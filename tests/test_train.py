@@ -172,11 +172,10 @@ def test_demo_f1_floor_default(tmp_path, monkeypatch):
 
 
 def test_predict_reproduces_the_fold(smoke):
-    "`predict` on the eval photos with the fold's best.pt gives the fold's own test_probs.npy (one prediction path)."
+    "`predict` on the eval photos with the fold's best.pt and its defaults (the run's TTA and framings) gives the fold's test_probs.npy."
     from maskclf.infer import predict, PROB_COLS
     fold_dir, data = smoke
-    cfg = json.loads((fold_dir / 'config.json').read_text())
-    pred = predict(fold_dir / 'best.pt', data, tta=cfg['tta'], device='cpu')
+    pred = predict(fold_dir / 'best.pt', data, device='cpu')
     np.testing.assert_allclose(pred[PROB_COLS].to_numpy(np.float32), np.load(fold_dir / 'test_probs.npy'), atol=1e-5)
 
 
@@ -186,14 +185,13 @@ def test_predict_uses_override_boxes(smoke, tmp_path):
     from maskclf.checkpoint import load_checkpoint
     from maskclf.data import DataError, read_dataset, read_eval
     fold_dir, data = smoke
-    cfg = json.loads((fold_dir / 'config.json').read_text())
     ev, train_photo = read_eval(data), read_dataset(data).path.iloc[0]
     fix = tmp_path / 'fixes.csv'  # a deliberately wrong box (the photo's top-left corner) for eval photo 0
     fix.write_text(f'path,x1,y1,x2,y2\n{ev.path.iloc[0]},0,0,60,80\n{train_photo},0,0,60,80\n')
     ck = load_checkpoint(fold_dir / 'best.pt'); ck['config']['boxes_csv'] = str(fix)
     torch.save(ck, tmp_path / 'fixed.pt')  # the same weights, from a run trained with that override file
     base = np.load(fold_dir / 'test_probs.npy')
-    probs = lambda **k: predict(tmp_path / 'fixed.pt', data, tta=cfg['tta'], device='cpu', **k)[PROB_COLS].to_numpy(np.float32)
+    probs = lambda **k: predict(tmp_path / 'fixed.pt', data, device='cpu', **k)[PROB_COLS].to_numpy(np.float32)
     p = probs()  # the run's file: only eval photo 0 moves
     assert np.abs(p[0] - base[0]).max() > 1e-3
     np.testing.assert_allclose(p[1:], base[1:], atol=1e-5)
