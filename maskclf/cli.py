@@ -5,16 +5,17 @@
 # %% ../nbs/09_cli.ipynb #b29488ff
 from __future__ import annotations
 import argparse, json, os, shutil, subprocess, sys, threading, time, queue
+import yaml
 from pathlib import Path
 
 import pandas as pd
 
-from .core import repo_root
+from .core import repo_root, outputs_dir
 from .config import run_folder
 
 # %% auto #0
-__all__ = ['PATH_PARAMS', 'parse_value', 'parse_params', 'absolute_paths', 'gpu_slots', 'run_notebook', 'log_tail',
-           'notebook_path', 'run_folds', 'run_ensemble', 'train_fold', 'main']
+__all__ = ['PATH_PARAMS', 'parse_value', 'parse_params', 'absolute_paths', 'gpu_slots', 'child_env', 'run_notebook', 'log_tail',
+           'notebook_path', 'run_folds', 'prepare_crops_once', 'run_ensemble', 'train_fold', 'main']
 
 # %% ../nbs/09_cli.ipynb #a08fd1a3
 def parse_value(text: str):
@@ -55,6 +56,13 @@ def gpu_slots() -> list:
     return ids or [None]
 
 # %% ../nbs/09_cli.ipynb #6d9ddbd9
+def child_env(gpu=None, # the one GPU the child may see; None leaves CUDA_VISIBLE_DEVICES alone
+             ) -> dict:
+    "The environment of a child process: unbuffered output, this process's outputs folder as an absolute path (children run in nbs/)."
+    env = {**os.environ, 'PYTHONUNBUFFERED': '1', 'MASKCLF_OUTPUTS': str(outputs_dir().absolute())}
+    if gpu is not None: env['CUDA_VISIBLE_DEVICES'] = str(gpu)
+    return env
+
 def run_notebook(nb, # notebook to execute
                  out_nb, # where the executed notebook goes
                  params: dict, # papermill parameters
@@ -63,9 +71,9 @@ def run_notebook(nb, # notebook to execute
                  timeout=None, # seconds before the process is killed
                 ) -> dict:
     "Execute `nb` with papermill in a child process; returns returncode, seconds and paths."
-    env = {**os.environ, 'PYTHONUNBUFFERED': '1'}
-    if gpu is not None: env['CUDA_VISIBLE_DEVICES'] = str(gpu)
-    cmd = [sys.executable, '-m', 'papermill', str(nb), str(out_nb), '-y', json.dumps(params), '--cwd', str(Path(nb).parent),
+    env = child_env(gpu)
+    # papermill reads -y as YAML, where JSON's 1e-05 (no decimal point) would be text: YAML's own dump reads back exactly
+    cmd = [sys.executable, '-m', 'papermill', str(nb), str(out_nb), '-y', yaml.safe_dump(params), '--cwd', str(Path(nb).parent),
            '--log-output', '--no-progress-bar', '--kernel', 'python3']
     Path(log).parent.mkdir(parents=True, exist_ok=True); t0 = time.time()
     with open(log, 'w') as f:
@@ -118,7 +126,12 @@ def run_folds(run: str, # run name: results go to outputs/<run>/fold<k>/
                 f" -- log {r['log']}:\n{log_tail(r['log'])}"))
             with lock: rows.append(r)
 
-    threads = [threading.Thread(target=worker, args=(g,)) for g in (slots or gpu_slots())]
+    slots = slots or gpu_slots()
+    if len(slots) > 1 and len(folds) > 1:  # folds side by side would each detect and crop every photo: do it once first
+        r = prepare_crops_once(dict(params or {}, run=run, n_folds=n_folds), rd / 'logs' / 'crops.log', slots[0], timeout)
+        say(f"boxes and crops: {'ready' if r['returncode'] == 0 else 'failed'} in {r['seconds']}s" +
+            ('' if r['returncode'] == 0 else f" (each fold will report why) -- log {r['log']}:\n{log_tail(r['log'])}"))
+    threads = [threading.Thread(target=worker, args=(g,)) for g in slots]
     for t in threads: t.start()
     for t in threads: t.join()
     res = pd.DataFrame(rows).sort_values('fold').reset_index(drop=True)
@@ -127,12 +140,28 @@ def run_folds(run: str, # run name: results go to outputs/<run>/fold<k>/
         res.attrs['ensemble'] = e
     return res
 
+def prepare_crops_once(params: dict, # the folds' train.ipynb parameters
+                       log, # file for its output
+                       gpu=None, # the GPU its detector may use
+                       timeout=None, # seconds before it is killed
+                      ) -> dict:
+    "`maskclf.fold.prepare_crops` in a child process (so this one never holds a GPU); returns returncode, seconds and log."
+    env = child_env(gpu)
+    code = 'import json, sys; from maskclf.fold import prepare_crops; prepare_crops(json.loads(sys.argv[1]))'
+    Path(log).parent.mkdir(parents=True, exist_ok=True); t0 = time.time()
+    with open(log, 'w') as f:
+        try: rc = subprocess.run([sys.executable, '-c', code, json.dumps(params)], stdout=f, stderr=subprocess.STDOUT,
+                                 env=env, timeout=timeout, cwd=notebook_path('train.ipynb').parent).returncode
+        except subprocess.TimeoutExpired: rc = 'timeout'
+    return dict(returncode=rc, seconds=round(time.time() - t0, 1), log=str(log))
+
 def run_ensemble(run: str, params: dict | None = None, quiet: bool = False) -> dict:
-    "Execute `nbs/ensemble.ipynb` for a run; the executed notebook lands in `outputs/<run>/ensemble/`."
+    "Execute `nbs/ensemble.ipynb` for a run; the executed notebook lands in `outputs/<run>/ensemble/` (an earlier one is moved aside)."
     rd = run_folder(run)
-    r = run_notebook(notebook_path('ensemble.ipynb'), rd / 'logs' / 'ensemble.ipynb', dict(params or {}, run=run),
+    params = {'overwrite': True, **(params or {})}  # a re-run replaces the ensemble; the old folder is moved aside, not deleted
+    r = run_notebook(notebook_path('ensemble.ipynb'), rd / 'logs' / 'ensemble.ipynb', dict(params, run=run),
                      rd / 'logs' / 'ensemble.log')
-    dest = rd / (params or {}).get('dest', 'ensemble')
+    dest = rd / params.get('dest', 'ensemble')
     if r['returncode'] == 0 and dest.is_dir():
         shutil.move(r['notebook'], dest / 'ensemble.ipynb'); r['notebook'] = str(dest / 'ensemble.ipynb')
     if not quiet:
@@ -162,7 +191,7 @@ def _parser() -> argparse.ArgumentParser:
     f = sub.add_parser('folds', help='every fold of a run through nbs/train.ipynb (one per GPU), then the ensemble')
     f.add_argument('--run', '--run-name', dest='run', required=True, help='run name: outputs/<run>/fold<k>/')
     f.add_argument('--n-folds', type=int, default=5, help='number of folds (default 5)')
-    f.add_argument('--folds', type=int, nargs='*', help='only these folds (default: all)')
+    f.add_argument('--folds', type=int, nargs='+', help='only these folds (default: all)')
     f.add_argument('--no-ensemble', action='store_true', help='skip nbs/ensemble.ipynb')
     f.add_argument('--timeout', type=float, help='seconds allowed per fold'); add_params(f)
     f.add_argument('-e', '--ensemble-param', nargs=2, action='append', metavar=('KEY', 'VALUE'),
@@ -180,7 +209,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     "Entry point of the `maskclf` command."
-    a = _parser().parse_args(argv); params = parse_params(getattr(a, 'param', None))
+    ap = _parser(); a = ap.parse_args(argv); params = parse_params(getattr(a, 'param', None))
+    taken = sorted({'run', 'fold', 'n_folds'} & set(params))  # the flags set these: a -p copy would be overridden unseen
+    if taken: ap.error(f"{', '.join(taken)}: give these as --run, --fold and --n-folds, not -p")
+    if a.command == 'folds' and [k for k in a.folds or [] if not 0 <= k < a.n_folds]:
+        ap.error(f'--folds {a.folds}: each fold must be 0 to {a.n_folds - 1} (--n-folds {a.n_folds})')
     if a.command == 'folds':
         res = run_folds(a.run, a.n_folds, params, a.folds, ensemble=not a.no_ensemble, timeout=a.timeout,
                         ensemble_params=parse_params(a.ensemble_param))

@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_config.ipynb #a71713fb
 from __future__ import annotations
-import os
+import numbers, os
 from pathlib import Path
 
 from .core import EVAL_OLD_FROM, outputs_dir
@@ -12,9 +12,9 @@ from .augment import TTA_MODES
 from .crop import CROP_EDGES
 
 # %% auto #0
-__all__ = ['DEFAULT_CONFIG', 'CHOICES', 'BOOL_KEYS', 'AMP_DTYPES', 'EVAL_BATCH_FACTOR', 'MAX_AUTO_WORKERS', 'RESUME_FREE',
-           'FIXED_LENGTH_SCHEDULES', 'resolve_config', 'as_bool', 'as_list', 'crop_size', 'eval_batch_size',
-           'run_folder', 'auto_workers', 'check_resume_config']
+__all__ = ['DEFAULT_CONFIG', 'CHOICES', 'BOOL_KEYS', 'AMP_DTYPES', 'NUMBER_KEYS', 'EVAL_BATCH_FACTOR', 'MAX_AUTO_WORKERS',
+           'RESUME_FREE', 'FIXED_LENGTH_SCHEDULES', 'resolve_config', 'as_bool', 'as_list', 'crop_size',
+           'eval_batch_size', 'run_folder', 'auto_workers', 'check_resume_config']
 
 # %% ../nbs/07_config.ipynb #af2b2807
 DEFAULT_CONFIG = dict(
@@ -82,6 +82,8 @@ def resolve_config(cfg: dict | None = None, **overrides) -> dict:
         if out[k] not in ok: raise ValueError(f'{k}={out[k]!r} is not one of {ok}')
     if not 0 <= out['edge_mix'] <= 1: raise ValueError(f"edge_mix={out['edge_mix']!r} is a share of the crops: 0 to 1")
     for k in BOOL_KEYS: out[k] = as_bool(out[k], k)
+    for k in NUMBER_KEYS:  # a number that arrived as text (e.g. '1e-05') would fail deep inside torch
+        if not isinstance(out[k], numbers.Real) or isinstance(out[k], bool): raise ValueError(f'{k}={out[k]!r} must be a number')
     if isinstance(out['amp'], str) and out['amp'].lower() in AMP_DTYPES: out['amp'] = out['amp'].lower()
     else: out['amp'] = as_bool(out['amp'], 'amp', "True, False, 'bf16' or 'fp16'")
     if isinstance(out['pretrained'], str) and out['pretrained'].lower() in ('true', 'false'):  # else a weights file
@@ -90,6 +92,7 @@ def resolve_config(cfg: dict | None = None, **overrides) -> dict:
 
 BOOL_KEYS = ('overwrite', 'resume', 'tensorboard', 'tta_framing')  # True or False, nothing else
 AMP_DTYPES = ('bf16', 'fp16')  # `amp` may also name the autocast dtype
+NUMBER_KEYS = tuple(k for k, v in DEFAULT_CONFIG.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
 
 def as_bool(x, key: str, allowed: str = 'True or False') -> bool:
     "A bool from a bool or the text 'true'/'false' (any case: `papermill -p` passes `false` as text); anything else is an error."

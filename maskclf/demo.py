@@ -233,6 +233,10 @@ def _write_demo(root: Path, n_people: int, n_eval_people: int, seed: int):
     noise = rng.normal(0, 8, (IMG_H + 48, IMG_W + 48, 3)).astype(np.float32)
     train = sample_people(n_people, rng)
     train.insert(0, 'id', _person_ids(n_people, rng)); train.insert(2, 'race', RACE)
+    if n_people >= 5 and (train.gender[3], train.age[3]) == (train.gender[2], train.age[2]):
+        # the copied id would name the same folder twice: swap it onto the first person who differs from person 2
+        j = next((i for i in range(4, n_people) if (train.gender[i], train.age[i]) != (train.gender[2], train.age[2])), 3)
+        train.loc[[3, j], 'id'] = train.id[[j, 3]].to_numpy()
     train['path'] = [f'{r.id}_{r.gender}_{RACE}_{r.age}' for r in train.itertuples()]
     exts = rng.choice(['.jpg', '.png', '.jpeg'], n_people, p=[0.9, 0.05, 0.05])
     if n_people >= 3: exts[n_people - 1], exts[n_people // 2] = '.png', '.jpeg'  # at least one of each

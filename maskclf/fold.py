@@ -25,9 +25,9 @@ from .distributed import dist_info, setup_distributed, gather_shards, barrier, u
 from .report import save_figures, fold_figures, write_report
 
 # %% auto #0
-__all__ = ['load_tables', 'get_pixels', 'other_pixels', 'prediction_views', 'framed_probs', 'fold_dir_for', 'fold_state',
-           'open_fold_dir', 'locked_fold', 'trim_history', 'save_submission', 'Recipe', 'make_recipe', 'run_fold',
-           'finish_fold', 'fit_split']
+__all__ = ['load_tables', 'get_pixels', 'other_pixels', 'prediction_views', 'framed_probs', 'prepare_crops', 'fold_dir_for',
+           'fold_state', 'open_fold_dir', 'locked_fold', 'trim_history', 'save_submission', 'Recipe', 'make_recipe',
+           'run_fold', 'finish_fold', 'fit_split']
 
 # %% ../nbs/07e_fold.ipynb #08f2998b
 def load_tables(cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame | None]:
@@ -88,6 +88,20 @@ def framed_probs(model, # the model to predict with
         dl = eval_loader(pix, idx, None, cfg, unwrap(model).data_config, prec.device, batch_size, rank, world)
         out.append(gather_shards(predict_probs(model, dl, prec, tta)[0], None, len(idx) if world > 1 else None)[0])
     return np.mean(out, axis=0, dtype=np.float64).astype(np.float32)
+
+def prepare_crops(cfg: dict, # a run config (`resolve_config` fills in the rest)
+                  device=None, # where the detector runs
+                 ) -> int:
+    "Check the photos, then fill every box and crop cache a run of `cfg` reads; returns how many crop arrays it made or found."
+    # folds started side by side (one per GPU) would each detect and crop every photo, into caches of their own
+    cfg = resolve_config(cfg); df, ev = load_tables(cfg)
+    from maskclf.checks import check_data; check_data(df, ev)
+    both = [df] if cfg['edge_mix'] or cfg['tta_framing'] else []  # training crops in the other framing
+    both += [ev] if cfg['tta_framing'] and ev is not None and len(ev) else []  # eval predictions in both framings
+    own = [t for t in (df, ev) if t is not None and len(t)]
+    for t in own: get_pixels(t, cfg, device)
+    for t in both: other_pixels(t, cfg, device)
+    return len(own) + len(both)
 
 # %% ../nbs/07e_fold.ipynb #88acfe35
 def fold_dir_for(cfg: dict) -> Path:

@@ -57,8 +57,11 @@ def _run(cmd, timeout, **kw):
 
 
 def test_all_folds_command_makes_an_ensemble_submission(run_name, demo_dir):
-    _run([sys.executable, '-m', 'maskclf.cli', 'folds', '--run', run_name, '--n-folds', '2', *tiny_args()], timeout=200)
+    # a value such as 1e-05 must reach the notebooks as a number (papermill reads its parameters as YAML)
+    _run([sys.executable, '-m', 'maskclf.cli', 'folds', '--run', run_name, '--n-folds', '2',
+          *tiny_args(dict(weight_decay=1e-05))], timeout=200)
     rd = outputs_dir() / run_name
+    assert json.loads((rd / 'fold0' / 'config.json').read_text())['weight_decay'] == 1e-05
     for k in (0, 1):
         assert (rd / f'fold{k}' / 'train.ipynb').exists() and (rd / f'fold{k}' / 'oof.csv').exists()
     sub = pd.read_csv(rd / 'ensemble' / 'submission.csv', dtype={'ImageID': str})
@@ -67,6 +70,11 @@ def test_all_folds_command_makes_an_ensemble_submission(run_name, demo_dir):
     m = json.loads((rd / 'ensemble' / 'metrics.json').read_text())
     assert m['complete'] and m['n_folds_ok'] == 2 and 0 <= m['oof']['f1_macro'] <= 1
     assert (rd / 'ensemble' / 'report.html').exists() and (rd / 'ensemble' / 'ensemble.ipynb').exists()
+    # `maskclf ensemble` re-makes it; the first one is moved aside, not lost
+    _run([sys.executable, '-m', 'maskclf.cli', 'ensemble', '--run', run_name, '-p', 'method', 'vote'], timeout=200)
+    assert json.loads((rd / 'ensemble' / 'metrics.json').read_text())['method'] == 'vote'
+    aside = list(rd.glob('ensemble.old-*'))
+    assert len(aside) == 1 and json.loads((aside[0] / 'metrics.json').read_text())['method'] == 'mean'
 
 
 def test_ddp_two_processes_gloo(run_name):
