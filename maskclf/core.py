@@ -15,7 +15,7 @@ import numpy as np
 __all__ = ['UNKNOWN', 'HEADS', 'HEAD_SIZES', 'N_CLASSES', 'MASK_NAMES', 'GENDER_NAMES', 'AGE_NAMES', 'HEAD_NAMES',
            'MASK_FILE_STEMS', 'CLASS_NAMES', 'EVAL_OLD_FROM', 'MIDDLE_FROM', 'LOCK_TRIES', 'Mask', 'Gender', 'AgeBand',
            'encode', 'decode', 'encode_known', 'class_name', 'age2band', 'seed_everything', 'seed_worker', 'repo_root',
-           'outputs_dir', 'shared_dir', 'real_data', 'in_test', 'fresh_dir', 'atomic_path', 'save_json',
+           'outputs_dir', 'shared_dir', 'real_data', 'in_test', 'fresh_dir', 'move_aside', 'atomic_path', 'save_json',
            'process_start', 'process_alive', 'clean_stale_tmp', 'FolderLockedError', 'lock_path', 'read_lock',
            'lock_is_live', 'acquire_lock', 'release_lock', 'folder_lock', 'code_version', 'get_device']
 
@@ -129,15 +129,21 @@ def fresh_dir(path, overwrite: bool = False) -> Path:
         if not overwrite:
             raise FileExistsError(f'{path} already holds results. Choose another run name, '
                                   f'or pass overwrite=True to move the old folder aside.')
-        stamp = f'{path.name}.old-{time.strftime("%Y%m%d-%H%M%S")}'
-        for n in range(1000):  # a unique aside name: two overwrites within one second must not collide
-            aside = path.with_name(stamp + (f'-{n}' if n else ''))
-            if aside.exists(): continue
-            try: path.rename(aside); break
-            except OSError:  # another process took that name first
-                if not aside.exists(): raise
+        move_aside(path)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+def move_aside(path) -> Path:
+    "Rename a file or folder to a new `<name>.old-<time>` beside it (a file keeps its extension); returns where it went."
+    path = Path(path); stamp = time.strftime('%Y%m%d-%H%M%S')
+    stem, ext = (path.stem, path.suffix) if path.is_file() else (path.name, '')
+    for n in range(1000):  # a unique aside name: two moves within one second must not collide
+        aside = path.with_name(f"{stem}.old-{stamp}{f'-{n}' if n else ''}{ext}")
+        if aside.exists(): continue
+        try: path.rename(aside); return aside
+        except OSError:  # another process took that name first
+            if not aside.exists(): raise
+    raise FileExistsError(f'{path}: no free name to move it aside to')
 
 @contextmanager
 def atomic_path(path):
