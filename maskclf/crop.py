@@ -26,9 +26,10 @@ __all__ = ['BOXES_COLUMNS', 'DEFAULT_PRIOR', 'FOUND', 'OVERRIDE', 'CROP_MARGIN',
            'CROP_VERSION', 'CROP_SIZE', 'CACHE_SAMPLE', 'CROP_THREADS', 'config_key', 'boxes_path', 'move_aside',
            'read_boxes_file', 'write_boxes', 'complete_boxes', 'apply_box_overrides', 'with_box_overrides',
            'given_boxes', 'face_boxes', 'other_edge', 'crop_window', 'cache_key', 'cache_record', 'cache_problem',
-           'crop_cache', 'cache_boxes', 'person_spread', 'BOX', 'DETECTOR', 'DetectorConfig', 'load_image',
-           'image_size', 'box_side', 'detect_faces', 'file_stamp', 'DetectorPass', 'CUDA_BATCH', 'detector_passes',
-           'choose_face', 'plausible', 'box_hits', 'tuning_half', 'show_boxes']
+           'crop_cache', 'cache_boxes', 'person_spread', 'robust_z', 'suspect_boxes', 'write_box_fixes', 'BOX',
+           'DETECTOR', 'DetectorConfig', 'load_image', 'image_size', 'box_side', 'detect_faces', 'file_stamp',
+           'DetectorPass', 'CUDA_BATCH', 'detector_passes', 'choose_face', 'plausible', 'box_hits', 'tuning_half',
+           'show_boxes']
 
 # %% ../nbs/03_crop.ipynb #aa10d93e
 def config_key(*parts) -> str:
@@ -321,3 +322,42 @@ def person_spread(boxes: pd.DataFrame, person) -> pd.DataFrame:
     g = b.groupby('person')
     return pd.DataFrame(dict(centre=g.apply(lambda d: np.hypot(d.cx - d.cx.median(), d.cy - d.cy.median()).max()),
                              size_ratio=g.side.max() / g.side.min(), n=g.size()))
+
+# %% ../nbs/03_crop.ipynb #790d8995
+def robust_z(values, # the values to place
+             ref, # the values whose median and spread are the yardstick
+            ) -> np.ndarray:
+    "Distance from the median of `ref` in robust standard deviations (1.4826 MAD, at least 1% of the scale)."
+    med = np.median(ref); mad = 1.4826 * np.median(np.abs(ref - med))
+    return (values - med) / max(mad, 0.01)
+
+def suspect_boxes(b: pd.DataFrame, # boxes with `source`, `score`, `width` and `height` (`cache_boxes`)
+                  min_score: float = 0.95, # detections with a lower probability are suspect
+                  max_z: float = 3., # boxes whose size or centre lies further than this from the median are suspect
+                 ) -> pd.DataFrame:
+    "`b` with `suspicion` (0: fine; fallbacks highest) and `why` per photo."
+    feats = pd.DataFrame(dict(size=box_side(b[BOX].to_numpy(float)) / np.minimum(b.width, b.height),
+                              cx=(b.x1 + b.x2) / 2 / b.width, cy=(b.y1 + b.y2) / 2 / b.height))
+    ref = b.source.isin(['detector', 'given']).to_numpy()
+    z = feats.apply(lambda c: robust_z(c.to_numpy(), c.to_numpy()[ref] if ref.any() else c.to_numpy()))
+    fallback = b.source.isin(['person', 'prior']).to_numpy()
+    low = (b.source.eq('detector') & (b.score < min_score)).to_numpy()
+    far = z.abs().max(axis=1).to_numpy(); odd = far > max_z
+    why = [', '.join([f'fallback ({s})'] * int(f) + [f'score {p:.2f}'] * int(l) + [f'{z.abs().iloc[i].idxmax()} z {far[i]:.1f}'] * int(o))
+           for i, (s, f, l, o, p) in enumerate(zip(b.source, fallback, low, odd, b.score))]
+    score = 100 * fallback + 10 * low * (min_score - b.score.fillna(min_score)) / min_score + odd * far
+    return b.assign(suspicion=np.where(b.source.eq('override'), 0, score), why=why)
+
+def write_box_fixes(boxes: pd.DataFrame, # rows with `path` and the box (e.g. the suspects of `suspect_boxes`)
+                    dest, # the override file to start; never written over (it may hold the user's edits)
+                   ) -> Path:
+    "Write `boxes` (clipped to each photo, paths relative to the file) as a starter override file for `boxes_csv`."
+    dest = Path(dest).expanduser().resolve()
+    if dest.exists(): raise FileExistsError(f'{dest} exists (it may hold your edits): choose another name or delete it')
+    fixes = boxes[['path', *BOX]].copy()
+    sizes = np.array([image_size(p) for p in fixes.path], float).reshape(-1, 2)
+    fixes[BOX] = np.clip(fixes[BOX].to_numpy(float), 0, np.c_[sizes, sizes]).round(1)
+    fixes['path'] = [os.path.relpath(p, dest.parent) for p in fixes.path]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(dest) as tmp: fixes.to_csv(tmp, index=False)
+    return dest
