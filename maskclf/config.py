@@ -80,10 +80,10 @@ def resolve_config(cfg: dict | None = None, **overrides) -> dict:
     out['drop_boundary_ages'] = [int(a) for a in out['drop_boundary_ages']]
     for k, ok in CHOICES.items():
         if out[k] not in ok: raise ValueError(f'{k}={out[k]!r} is not one of {ok}')
-    if not 0 <= out['edge_mix'] <= 1: raise ValueError(f"edge_mix={out['edge_mix']!r} is a share of the crops: 0 to 1")
     for k in BOOL_KEYS: out[k] = as_bool(out[k], k)
     for k in NUMBER_KEYS:  # a number that arrived as text (e.g. '1e-05') would fail deep inside torch
         if not isinstance(out[k], numbers.Real) or isinstance(out[k], bool): raise ValueError(f'{k}={out[k]!r} must be a number')
+    if not 0 <= out['edge_mix'] <= 1: raise ValueError(f"edge_mix={out['edge_mix']!r} is a share of the crops: 0 to 1")
     if isinstance(out['amp'], str) and out['amp'].lower() in AMP_DTYPES: out['amp'] = out['amp'].lower()
     else: out['amp'] = as_bool(out['amp'], 'amp', "True, False, 'bf16' or 'fp16'")
     if isinstance(out['pretrained'], str) and out['pretrained'].lower() in ('true', 'false'):  # else a weights file
