@@ -75,6 +75,7 @@ def predict(checkpoint, # a `best.pt` / `last.pt` written by `maskclf.checkpoint
     device = get_device(device)
     ck = load_checkpoint(checkpoint)  # read once: the config and the weights
     cfg = resolve_config(ck['config'])
+    tta = cfg['tta'] if tta is None else tta  # the run's own views, as in its test_probs
     try: model = load_model(ck, device)
     except CheckpointError as e: raise CheckpointError(f'{checkpoint}: {e}') from None
     df = read_photos(data)
@@ -88,7 +89,7 @@ def predict(checkpoint, # a `best.pt` / `last.pt` written by `maskclf.checkpoint
         views = prediction_views(df, cfg if framing is None else resolve_config(cfg, tta_framing=framing), device)  # the run's crops
         prec = make_precision(device, cfg['amp'])  # the fold's precision and memory format: the same numbers as its test_probs
         if prec.channels_last: model = model.to(memory_format=torch.channels_last)
-        probs = check_probs(framed_probs(model, views, np.arange(len(df)), cfg, prec, cfg['tta'] if tta is None else tta, batch_size),  # the one loop
+        probs = check_probs(framed_probs(model, views, np.arange(len(df)), cfg, prec, tta, batch_size),  # the one loop
                             f'{checkpoint} on {len(df)} photos')
     out = probs_frame(df.path, probs); out.attrs['skipped'] = bad
     return out
