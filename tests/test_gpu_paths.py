@@ -86,10 +86,16 @@ def test_device_path_is_deterministic(workers):
     assert losses[0] == losses[1] and math.isfinite(losses[0][0])
 
 
-def test_uint8_fold_with_tensorboard(outputs, capsys):
+def test_uint8_fold_with_tensorboard(outputs, capsys, monkeypatch):
     "A tiny fold trains from uint8 batches augmented on the device, prints img/s and writes TensorBoard events."
+    import maskclf.fold
     d, data = outputs
+    built, make = [], maskclf.fold.make_dataset
+    def spy(*a, **k):  # the training set the fold builds: its input path, and what one item holds
+        ds = make(*a, **k); built.append((a[6], str(ds[0][0].dtype))); return ds
+    monkeypatch.setattr(maskclf.fold, 'make_dataset', spy)
     r = run_fold(dict(TINY, data_dir=data, run='u8', augment_on='device', augment='strong', num_workers=1, tensorboard=True))
+    assert built == [('device', 'torch.uint8')], built  # uint8 crops, augmented per batch on the device
     fold = d / 'u8' / 'fold0'
     assert 0 <= r['f1_mask'] <= 1 and (fold / 'best.pt').exists()
     hist = pd.read_csv(fold / 'history.csv')
