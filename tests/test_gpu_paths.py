@@ -74,16 +74,17 @@ def test_device_path_is_deterministic(workers):
     "Two epochs reseeded alike give the same losses on the device path (with persistent workers too)."
     pix, t = crops(24)
     losses = []
-    for _ in range(2):
+    for loader_seed in (10, 10, 20):  # the same seeds twice, then another seed for the loader alone
         seed_everything(0); net = Tiny(); opt = make_optimizer(net, 'adam', 1e-2)
         dl = make_loader(make_dataset(pix, np.arange(24), t, (32, 24), DC, 'strong', 'device'), 8, True, 0, workers)
         assert dl.persistent_workers == (workers > 0)
         run = []
         for epoch in range(2):
-            seed_everything(10 + epoch); reseed_loader(dl, 10 + epoch)
+            seed_everything(10 + epoch); reseed_loader(dl, loader_seed + epoch)
             run.append(train_one_epoch(net, dl, make_loss('focal', head='multi'), opt, make_precision('cpu'), show=False)['train_loss'])
         losses.append(run)
     assert losses[0] == losses[1] and math.isfinite(losses[0][0])
+    assert losses[2] != losses[0]  # `reseed_loader` reaches the loader: a no-op would repeat the first run
 
 
 def test_uint8_fold_with_tensorboard(outputs, capsys, monkeypatch):
