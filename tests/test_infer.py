@@ -86,4 +86,4 @@ def test_ddp_two_processes_gloo(run_name):
     oof = pd.read_csv(outputs_dir() / run_name / 'fold0' / 'oof.csv')
     assert oof.path.is_unique and not oof[PROB_COLS].isna().any().any()
     # every validation photo came back from its rank's shard: a lost shard would leave rows of zeros
-    assert len(oof) == m['n_val'] and np.allclose(oof[PROB_COLS].sum(1), 1, atol=1e-4)
+    assert len(oof) == m['n_val'] and np.allclose(oof[PROB_COLS].sum(axis=1), 1, atol=1e-4)
