@@ -14,8 +14,8 @@ from .core import repo_root, outputs_dir
 from .config import run_folder
 
 # %% auto #0
-__all__ = ['PATH_PARAMS', 'parse_value', 'parse_params', 'absolute_paths', 'gpu_slots', 'child_env', 'run_notebook', 'log_tail',
-           'notebook_path', 'run_folds', 'prepare_crops_once', 'run_ensemble', 'train_fold', 'main']
+__all__ = ['PATH_PARAMS', 'parse_value', 'parse_params', 'absolute_paths', 'gpu_slots', 'child_env', 'run_notebook', 'run_logged',
+           'log_tail', 'notebook_path', 'run_folds', 'prepare_crops_once', 'run_ensemble', 'train_fold', 'main']
 
 # %% ../nbs/09_cli.ipynb #a08fd1a3
 def parse_value(text: str):
@@ -71,15 +71,23 @@ def run_notebook(nb, # notebook to execute
                  timeout=None, # seconds before the process is killed
                 ) -> dict:
     "Execute `nb` with papermill in a child process; returns returncode, seconds and paths."
-    env = child_env(gpu)
     # papermill reads -y as YAML, where JSON's 1e-05 (no decimal point) would be text: YAML's own dump reads back exactly
     cmd = [sys.executable, '-m', 'papermill', str(nb), str(out_nb), '-y', yaml.safe_dump(params), '--cwd', str(Path(nb).parent),
            '--log-output', '--no-progress-bar', '--kernel', 'python3']
+    return dict(run_logged(cmd, log, gpu, timeout), notebook=str(out_nb), gpu=gpu)
+
+def run_logged(cmd: list, # the command line of the child process
+               log, # file for its output (stdout and stderr)
+               gpu=None, # the one GPU it may see (`child_env`)
+               timeout=None, # seconds before it is killed
+               cwd=None, # the folder it runs in
+              ) -> dict:
+    "Run a child process with its output in `log`; returns its returncode ('timeout' when killed), seconds and log."
     Path(log).parent.mkdir(parents=True, exist_ok=True); t0 = time.time()
     with open(log, 'w') as f:
-        try: rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, timeout=timeout).returncode
+        try: rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=child_env(gpu), timeout=timeout, cwd=cwd).returncode
         except subprocess.TimeoutExpired: rc = 'timeout'
-    return dict(returncode=rc, seconds=round(time.time() - t0, 1), notebook=str(out_nb), log=str(log), gpu=gpu)
+    return dict(returncode=rc, seconds=round(time.time() - t0, 1), log=str(log))
 
 def log_tail(log, n: int = 25) -> str:
     "The last `n` lines of a log file."
@@ -146,14 +154,8 @@ def prepare_crops_once(params: dict, # the folds' train.ipynb parameters
                        timeout=None, # seconds before it is killed
                       ) -> dict:
     "`maskclf.fold.prepare_crops` in a child process (so this one never holds a GPU); returns returncode, seconds and log."
-    env = child_env(gpu)
     code = 'import json, sys; from maskclf.fold import prepare_crops; prepare_crops(json.loads(sys.argv[1]))'
-    Path(log).parent.mkdir(parents=True, exist_ok=True); t0 = time.time()
-    with open(log, 'w') as f:
-        try: rc = subprocess.run([sys.executable, '-c', code, json.dumps(params)], stdout=f, stderr=subprocess.STDOUT,
-                                 env=env, timeout=timeout, cwd=notebook_path('train.ipynb').parent).returncode
-        except subprocess.TimeoutExpired: rc = 'timeout'
-    return dict(returncode=rc, seconds=round(time.time() - t0, 1), log=str(log))
+    return run_logged([sys.executable, '-c', code, json.dumps(params)], log, gpu, timeout, cwd=notebook_path('train.ipynb').parent)
 
 def run_ensemble(run: str, params: dict | None = None, quiet: bool = False) -> dict:
     "Execute `nbs/ensemble.ipynb` for a run; the executed notebook lands in `outputs/<run>/ensemble/` (an earlier one is moved aside)."

@@ -15,7 +15,7 @@ import numpy as np
 __all__ = ['UNKNOWN', 'HEADS', 'HEAD_SIZES', 'N_CLASSES', 'MASK_NAMES', 'GENDER_NAMES', 'AGE_NAMES', 'HEAD_NAMES',
            'MASK_FILE_STEMS', 'CLASS_NAMES', 'EVAL_OLD_FROM', 'MIDDLE_FROM', 'LOCK_TRIES', 'Mask', 'Gender', 'AgeBand',
            'encode', 'decode', 'encode_known', 'class_name', 'age2band', 'seed_everything', 'seed_worker', 'repo_root',
-           'outputs_dir', 'shared_dir', 'real_data', 'in_test', 'fresh_dir', 'move_aside', 'atomic_path', 'save_json',
+           'outputs_dir', 'shared_dir', 'real_data', 'in_test', 'fresh_dir', 'keep_old', 'atomic_path', 'save_json',
            'process_start', 'process_alive', 'clean_stale_tmp', 'FolderLockedError', 'lock_path', 'read_lock',
            'lock_is_live', 'acquire_lock', 'release_lock', 'folder_lock', 'code_version', 'get_device']
 
@@ -129,11 +129,11 @@ def fresh_dir(path, overwrite: bool = False) -> Path:
         if not overwrite:
             raise FileExistsError(f'{path} already holds results. Choose another run name, '
                                   f'or pass overwrite=True to move the old folder aside.')
-        move_aside(path)
+        keep_old(path)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
-def move_aside(path) -> Path:
+def keep_old(path) -> Path:
     "Rename a file or folder to a new `<name>.old-<time>` beside it (a file keeps its extension); returns where it went."
     path = Path(path); stamp = time.strftime('%Y%m%d-%H%M%S')
     stem, ext = (path.stem, path.suffix) if path.is_file() else (path.name, '')

@@ -96,12 +96,9 @@ def prepare_crops(cfg: dict, # a run config (`resolve_config` fills in the rest)
     # folds started side by side (one per GPU) would each detect and crop every photo, into caches of their own
     cfg = resolve_config(cfg); df, ev = load_tables(cfg)
     from maskclf.checks import check_data; check_data(df, ev)
-    both = [df] if cfg['edge_mix'] or cfg['tta_framing'] else []  # training crops in the other framing
-    both += [ev] if cfg['tta_framing'] and ev is not None and len(ev) else []  # eval predictions in both framings
-    own = [t for t in (df, ev) if t is not None and len(t)]
-    for t in own: get_pixels(t, cfg, device)
-    for t in both: other_pixels(t, cfg, device)
-    return len(own) + len(both)
+    arrays = [v for t in (df, ev) if t is not None and len(t) for v in prediction_views(t, cfg, device)]  # what predicting reads
+    if cfg['edge_mix'] and not cfg['tta_framing']: arrays.append(other_pixels(df, cfg, device))  # and what training adds
+    return len(arrays)
 
 # %% ../nbs/07e_fold.ipynb #88acfe35
 def fold_dir_for(cfg: dict) -> Path:
