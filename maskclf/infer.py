@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from .core import N_CLASSES, save_json, get_device, fresh_dir
-from .config import resolve_config
+from .config import resolve_config, as_bool
 from .metrics import PROB_COLS, score, scored_classes, nan_to_none, oof_probs, check_probs, class_report
 from .learn import make_precision
 from .checkpoint import CheckpointError, load_checkpoint, load_model
@@ -175,6 +175,8 @@ def ensemble_run(run, # run name under `outputs/` or its folder
                  overwrite: bool = False, # move an existing ensemble folder aside instead of refusing
                 ) -> dict:
     "Out-of-fold scores and the fold-ensemble submission of a run, written to `<run>/ensemble/`."
+    identity, overwrite = as_bool(identity, 'identity'), as_bool(overwrite, 'overwrite')  # 'false' from the command line
+    if not (isinstance(offsets, str) and offsets.lower() == 'force'): offsets = as_bool(offsets, 'offsets', "True, False or 'force'")
     d = run_dir(run); st = fold_status(d); cfg = read_config(d)
     ok = st[st.status == 'ok']
     oof = read_oof(d); tests = read_fold_probs(d, ok.folder, oof)
