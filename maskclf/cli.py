@@ -11,11 +11,11 @@ from pathlib import Path
 import pandas as pd
 
 from .core import repo_root, outputs_dir
-from .config import run_folder
+from .config import run_folder, absolute_paths, PATH_PARAMS
 
 # %% auto #0
-__all__ = ['PATH_PARAMS', 'parse_value', 'parse_params', 'absolute_paths', 'gpu_slots', 'child_env', 'run_notebook', 'run_logged',
-           'log_tail', 'notebook_path', 'run_folds', 'prepare_crops_once', 'run_ensemble', 'train_fold', 'main']
+__all__ = ['parse_value', 'parse_params', 'gpu_slots', 'child_env', 'run_notebook', 'run_logged', 'log_tail', 'notebook_path',
+           'run_folds', 'prepare_crops_once', 'run_ensemble', 'train_fold', 'unknown_params', 'notebook_params', 'main']
 
 # %% ../nbs/09_cli.ipynb #a08fd1a3
 def parse_value(text: str):
@@ -28,22 +28,6 @@ def parse_value(text: str):
 def parse_params(pairs) -> dict:
     "`[[key, value], ...]` from repeated `-p key value` options, as a parameter dict (relative paths made absolute)."
     return absolute_paths({k.replace('-', '_'): parse_value(v) for k, v in (pairs or [])})
-
-PATH_PARAMS = ('data_dir', 'extra_data', 'boxes_csv')  # parameters that hold paths (extra_data: a list)
-
-def absolute_paths(params: dict, # parameters as parsed
-                   cwd=None, # the folder relative paths mean; default the current one
-                  ) -> dict:
-    "`params` with the relative paths of `PATH_PARAMS`, and a `pretrained` weights file, made absolute."
-    base = Path(cwd or Path.cwd())  # papermill runs the folds in nbs/, where the user's relative paths mean nothing
-    fix = lambda v: os.path.abspath(base / v) if isinstance(v, str) and v and not Path(v).is_absolute() else v
-    out = dict(params)
-    for k in set(PATH_PARAMS) & set(out):
-        v = out[k].split(',') if k == 'extra_data' and isinstance(out[k], str) and out[k] else out[k]
-        out[k] = [fix(x.strip() if isinstance(x, str) else x) for x in v] if isinstance(v, list) else fix(v)
-    w = out.get('pretrained')
-    if isinstance(w, str) and (base / w).is_file(): out['pretrained'] = fix(w)
-    return out
 
 # %% ../nbs/09_cli.ipynb #d860729b
 def gpu_slots() -> list:
@@ -185,11 +169,27 @@ def train_fold(run: str, # run name: outputs/<run>/fold<fold>/
         if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
 
 # %% ../nbs/09_cli.ipynb #db182cc3
+def unknown_params(params: dict, # parameters as parsed
+                   known, # the names the receiver takes
+                   where: str, # the receiver, for the message
+                  ) -> str | None:
+    "A message naming each unknown key with the nearest known one, or None. (papermill only warns in a log, then runs without them.)"
+    import difflib
+    bad = sorted(set(params) - set(known))
+    if not bad: return None
+    near = lambda k: difflib.get_close_matches(k, list(known), 1)
+    return f'unknown parameter(s) of {where}: ' + ', '.join(k + (f' (did you mean {near(k)[0]}?)' if near(k) else '') for k in bad)
+
+def notebook_params(name: str) -> list[str]:
+    "The names in the `parameters` cell of `nbs/<name>` (read by papermill, nothing run)."
+    import papermill
+    return list(papermill.inspect_notebook(str(notebook_path(name))))
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog='maskclf', description='Train folds, ensemble and compare maskclf runs.')
     sub = ap.add_subparsers(dest='command', required=True)
     def add_params(p): p.add_argument('-p', '--param', nargs=2, action='append', metavar=('KEY', 'VALUE'),
-                                      help='a run parameter (key of config.json), repeatable')
+                                      help='a parameter of the notebook the command runs (train: a key of config.json), repeatable')
     f = sub.add_parser('folds', help='every fold of a run through nbs/train.ipynb (one per GPU), then the ensemble')
     f.add_argument('--run', '--run-name', dest='run', required=True, help='run name: outputs/<run>/fold<k>/')
     f.add_argument('--n-folds', type=int, default=5, help='number of folds (default 5)')
@@ -214,6 +214,13 @@ def main(argv=None) -> int:
     ap = _parser(); a = ap.parse_args(argv); params = parse_params(getattr(a, 'param', None))
     taken = sorted({'run', 'fold', 'n_folds'} & set(params))  # the flags set these: a -p copy would be overridden unseen
     if taken: ap.error(f"{', '.join(taken)}: give these as --run, --fold and --n-folds, not -p")
+    if a.command in ('folds', 'train', 'ensemble'):  # a misspelt key would be dropped with a warning deep in a log
+        from maskclf.config import DEFAULT_CONFIG
+        nb = dict(folds='train.ipynb', ensemble='ensemble.ipynb').get(a.command)
+        msgs = [unknown_params(params, notebook_params(nb) if nb else DEFAULT_CONFIG, f'nbs/{nb}' if nb else 'a run')]
+        if a.command == 'folds':
+            msgs.append(unknown_params(parse_params(a.ensemble_param), notebook_params('ensemble.ipynb'), 'nbs/ensemble.ipynb (-e)'))
+        for m in filter(None, msgs): ap.error(m)
     if a.command == 'folds' and [k for k in a.folds or [] if not 0 <= k < a.n_folds]:
         ap.error(f'--folds {a.folds}: each fold must be 0 to {a.n_folds - 1} (--n-folds {a.n_folds})')
     if a.command == 'folds':

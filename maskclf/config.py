@@ -12,9 +12,10 @@ from .augment import TTA_MODES
 from .crop import CROP_EDGES
 
 # %% auto #0
-__all__ = ['DEFAULT_CONFIG', 'CHOICES', 'BOOL_KEYS', 'AMP_DTYPES', 'NUMBER_KEYS', 'EVAL_BATCH_FACTOR', 'MAX_AUTO_WORKERS',
-           'RESUME_FREE', 'FIXED_LENGTH_SCHEDULES', 'resolve_config', 'as_bool', 'as_list', 'crop_size',
-           'eval_batch_size', 'run_folder', 'auto_workers', 'check_resume_config']
+__all__ = ['DEFAULT_CONFIG', 'CHOICES', 'BOOL_KEYS', 'INT_KEYS', 'RANGES', 'AMP_DTYPES', 'NUMBER_KEYS', 'EVAL_BATCH_FACTOR',
+           'MAX_AUTO_WORKERS', 'RESUME_FREE', 'FIXED_LENGTH_SCHEDULES', 'PATH_PARAMS', 'resolve_config', 'check_ranges',
+           'as_bool', 'as_list', 'crop_size', 'eval_batch_size', 'run_folder', 'auto_workers', 'absolute_paths',
+           'check_resume_config']
 
 # %% ../nbs/07_config.ipynb #af2b2807
 DEFAULT_CONFIG = dict(
@@ -83,7 +84,8 @@ def resolve_config(cfg: dict | None = None, **overrides) -> dict:
     for k in BOOL_KEYS: out[k] = as_bool(out[k], k)
     for k in NUMBER_KEYS:  # a number that arrived as text (e.g. '1e-05') would fail deep inside torch
         if not isinstance(out[k], numbers.Real) or isinstance(out[k], bool): raise ValueError(f'{k}={out[k]!r} must be a number')
-    if not 0 <= out['edge_mix'] <= 1: raise ValueError(f"edge_mix={out['edge_mix']!r} is a share of the crops: 0 to 1")
+    check_ranges(out)
+    for k in INT_KEYS: out[k] = int(out[k])  # 3.0 from a YAML file would break range()
     if isinstance(out['amp'], str) and out['amp'].lower() in AMP_DTYPES: out['amp'] = out['amp'].lower()
     else: out['amp'] = as_bool(out['amp'], 'amp', "True, False, 'bf16' or 'fp16'")
     if isinstance(out['pretrained'], str) and out['pretrained'].lower() in ('true', 'false'):  # else a weights file
@@ -91,6 +93,20 @@ def resolve_config(cfg: dict | None = None, **overrides) -> dict:
     return out
 
 BOOL_KEYS = ('overwrite', 'resume', 'tensorboard', 'tta_framing')  # True or False, nothing else
+INT_KEYS = ('fold', 'n_folds', 'epochs', 'batch_size', 'img_size', 'seed', 'num_workers', 'patience', 'age_old_from')
+RANGES = dict(  # key: (lowest, highest), both allowed; None: no bound. Outside them a run would fail late or mean nothing
+    fold=(0, None), n_folds=(2, None), epochs=(1, None), batch_size=(1, None), img_size=(32, None), patience=(1, None),
+    num_workers=(-1, None), lr=(0, None), weight_decay=(0, None), crop_aspect=(0.25, 4), crop_margin=(0, None),
+    edge_mix=(0, 1), drop_rate=(0, 1), smoothing=(0, 1), focal_gamma=(0, None), grad_clip=(0, None))
+
+def check_ranges(cfg: dict):
+    "Refuse, all in one error, whole-number keys given fractions and values outside `RANGES` (e.g. `epochs 0`)."
+    bad = [f'{k}={cfg[k]!r} must be a whole number' for k in INT_KEYS if cfg[k] != int(cfg[k])]
+    for k, (lo, hi) in RANGES.items():
+        if (lo is not None and cfg[k] < lo) or (hi is not None and cfg[k] > hi):
+            bad.append(f"{k}={cfg[k]!r} must be {'at least ' + str(lo) if hi is None else f'{lo} to {hi}'}")
+    if cfg['fold'] >= cfg['n_folds']: bad.append(f"fold={cfg['fold']!r} must be below n_folds={cfg['n_folds']!r}")
+    if bad: raise ValueError('bad config values: ' + '; '.join(bad))
 AMP_DTYPES = ('bf16', 'fp16')  # `amp` may also name the autocast dtype
 NUMBER_KEYS = tuple(k for k, v in DEFAULT_CONFIG.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
 
@@ -131,9 +147,26 @@ def auto_workers(n: int, device) -> int:
 RESUME_FREE = ('resume', 'overwrite', 'epochs', 'patience', 'num_workers', 'tensorboard', 'tta', 'tta_framing')
 FIXED_LENGTH_SCHEDULES = ('cosine', 'onecycle')  # laid out over `epochs` from the first step: `epochs` is fixed with them
 
+PATH_PARAMS = ('data_dir', 'extra_data', 'boxes_csv')  # parameters that hold paths (extra_data: a list)
+
+def absolute_paths(params: dict, # parameters as parsed
+                   cwd=None, # the folder relative paths mean; default the current one
+                  ) -> dict:
+    "`params` with the relative paths of `PATH_PARAMS`, and a `pretrained` weights file, made absolute."
+    base = Path(cwd or Path.cwd())  # `maskclf folds` runs papermill in nbs/, and an ensemble reads a run's config anywhere
+    fix = lambda v: os.path.abspath(base / v) if isinstance(v, str) and v and not Path(v).is_absolute() else v
+    out = dict(params)
+    for k in set(PATH_PARAMS) & set(out):
+        v = out[k].split(',') if k == 'extra_data' and isinstance(out[k], str) and out[k] else out[k]
+        out[k] = [fix(x.strip() if isinstance(x, str) else x) for x in v] if isinstance(v, list) else fix(v)
+    w = out.get('pretrained')
+    if isinstance(w, str) and (base / w).is_file(): out['pretrained'] = fix(w)
+    return out
+
 def check_resume_config(saved: dict, cfg: dict):
     "Refuse to resume with a config that changes training (patience, workers, TTA, flags and, unless the lr schedule is fixed-length, epochs may change)."
-    saved = resolve_config(saved)  # keys added since the run was saved take their defaults
+    saved = absolute_paths(resolve_config(saved))  # keys added since the run was saved take their defaults; a path saved
+                                                    # relative (before runs saved them absolute) means this folder, as then
     free = [k for k in RESUME_FREE if not (k == 'epochs' and saved['scheduler'] in FIXED_LENGTH_SCHEDULES)]
     diff = {k: (saved.get(k), cfg[k]) for k in cfg if k not in free and saved.get(k) != cfg[k]}
     if not diff: return

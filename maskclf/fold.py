@@ -15,7 +15,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from .core import seed_everything, fresh_dir, atomic_path, save_json, code_version, folder_lock, clean_stale_tmp
-from .config import resolve_config, crop_size, eval_batch_size, run_folder, check_resume_config, auto_workers
+from .config import resolve_config, crop_size, eval_batch_size, run_folder, check_resume_config, auto_workers, absolute_paths
 from .metrics import (train_targets, keep_for_training, head_truth, score, selection_keys, scored_classes,
                              nan_to_none, format_scores, make_oof, check_probs, NonFiniteLossError)
 from .loaders import resolve_augment_on, make_dataset, make_loader, reseed_loader, eval_loader
@@ -202,7 +202,7 @@ def make_recipe(cfg: dict, # the resolved run config
 @locked_fold
 def run_fold(cfg: dict) -> dict:
     "Train and evaluate one fold as `cfg` describes; write outputs/<run>/fold<k>/ and return its metrics."
-    cfg = resolve_config(cfg)
+    cfg = absolute_paths(resolve_config(cfg))  # config.json then names the data wherever it is read (the ensemble runs in nbs/)
     rank, world, device = setup_distributed()
     main = rank == 0
     # data first: every problem with it is reported before the fold folder is touched (overwrite moves results aside)

@@ -137,6 +137,15 @@ def test_kill_then_resume_matches_uninterrupted(reference, outputs, point):
     torch.load(fold / 'best.pt', weights_only=True); torch.load(fold / 'last.pt', weights_only=True)  # not corrupt
 
 
+def test_relative_data_dir_is_saved_absolute(outputs, monkeypatch):
+    "A relative data_dir (papermill run from the repository root) is saved absolute: the ensemble, run in nbs/, finds it."
+    d, data = outputs
+    monkeypatch.chdir(Path(data).parent)
+    with pytest.raises(NonFiniteLossError): run_fold(dict(TINY, **DIVERGE, data_dir=Path(data).name, run='relative'))
+    saved = json.loads((d / 'relative' / 'fold0' / 'config.json').read_text())
+    assert saved['data_dir'] == os.path.abspath(data), saved['data_dir']
+
+
 def test_interrupted_run_refused_without_resume(outputs):
     "An interrupted fold (last.pt, no metrics) tells a plain rerun to resume; a never-started one tells resume to run."
     d, data = outputs
