@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .core import repo_root, outputs_dir
+from .core import repo_root, outputs_dir, keep_old
 from .config import run_folder, absolute_paths, PATH_PARAMS
 
 # %% auto #0
@@ -68,6 +68,7 @@ def run_logged(cmd: list, # the command line of the child process
               ) -> dict:
     "Run a child process with its output in `log`; returns its returncode ('timeout' when killed), seconds and log."
     Path(log).parent.mkdir(parents=True, exist_ok=True); t0 = time.time()
+    if Path(log).exists(): keep_old(log)  # e.g. a rerun refused for a finished fold must not erase the log of its run
     with open(log, 'w') as f:
         try: rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=child_env(gpu), timeout=timeout, cwd=cwd).returncode
         except subprocess.TimeoutExpired: rc = 'timeout'

@@ -85,8 +85,8 @@ def plot_confusion(oof: pd.DataFrame):
     t, pred = _truth_preds(oof)
     n_rows = len(np.unique(t['label'][t['label'] >= 0]))
     fig, ax = plt.subplots(figsize=(11, 2 + 0.4 * n_rows) if n_rows else (7, 2))
-    _confusion(ax, t['label'], pred['label'], CLASS_NAMES, 'confusion matrix (counts; colour = row share)')
-    if not n_rows: _no_labels(ax, '18-class confusion matrix', 'no photo has all three labels (mask, gender, age)')
+    if n_rows: _confusion(ax, t['label'], pred['label'], CLASS_NAMES, 'confusion matrix (counts; colour = row share)')
+    else: _no_labels(ax, '18-class confusion matrix', 'no photo has all three labels (mask, gender, age)')
     fig.tight_layout(); return fig
 
 def plot_head_confusions(oof: pd.DataFrame):
@@ -199,13 +199,15 @@ def write_report(fold_dir, # the folder to write report.html into
                  title: str = 'maskclf fold report', # the page title
                 ) -> Path:
     "A self-contained `report.html`: what was scored, metrics table, embedded figures, the run configuration."
-    cell = lambda v: 'not scored (no labels)' if not_scored(v) else f'{v:.4f}' if isinstance(v, float) else v
-    rows = ''.join(f'<tr><td>{k}</td><td>{cell(v)}</td></tr>' for k, v in metrics.items() if k != 'scored')
-    scored = ('<p>Scores average over the classes present in the truth: ' + '; '.join(describe_scored(metrics['scored']))
-              + '.</p>') if 'scored' in metrics else ''
-    imgs = ''.join(f'<h2>{n.replace("_", " ")}</h2><img src="data:image/png;base64,{base64.b64encode(Path(p).read_bytes()).decode()}">'
+    from html import escape  # class names hold '<30', paths and configs anything
+    cell = lambda v: 'not scored (no labels)' if not_scored(v) else f'{v:.4f}' if isinstance(v, float) else escape(str(v))
+    rows = ''.join(f'<tr><td>{escape(str(k))}</td><td>{cell(v)}</td></tr>' for k, v in metrics.items() if k != 'scored')
+    scored = ('<p>Scores average over the classes present in the truth: '
+              + escape('; '.join(describe_scored(metrics['scored']))) + '.</p>') if 'scored' in metrics else ''
+    imgs = ''.join(f'<h2>{escape(n.replace("_", " "))}</h2><img src="data:image/png;base64,{base64.b64encode(Path(p).read_bytes()).decode()}">'
                    for n, p in figures.items())
-    cfg = f'<h2>configuration</h2><pre>{json.dumps(config, indent=1, default=str)}</pre>' if config else ''
+    cfg = f'<h2>configuration</h2><pre>{escape(json.dumps(config, indent=1, default=str))}</pre>' if config else ''
+    title = escape(title)
     html = (f'<!doctype html><html><head><meta charset="utf-8"><title>{title}</title><style>body{{font-family:sans-serif;'
             f'max-width:1200px;margin:auto}} td{{padding:2px 12px}} img{{max-width:100%}}</style></head><body><h1>{title}</h1>'
             f'{scored}<table>{rows}</table>{imgs}{cfg}</body></html>')

@@ -11,7 +11,7 @@ import pandas as pd
 
 from .core import outputs_dir
 from .config import run_folder
-from .metrics import score, selection_metric, oof_probs
+from .metrics import score, selection_metric, selection_keys, oof_probs
 
 # %% auto #0
 __all__ = ['FOLD_FILES', 'IGNORED_PARAMS', 'run_dir', 'fold_status', 'read_config', 'read_oof', 'run_summary', 'compare_runs']
@@ -67,6 +67,7 @@ def run_summary(run) -> dict:
     st = fold_status(run); oof = read_oof(run)
     s = score(oof, oof_probs(oof)); ens = run_dir(run) / 'ensemble' / 'metrics.json'
     s['selection'] = selection_metric(s)  # f1_macro, or the scored heads' mean on partial labels
+    s['selected_by'] = '+'.join(selection_keys(s)) or None  # runs on other labels are ranked apart (`compare_runs`)
     post = json.loads(ens.read_text()).get('oof_post', {}) if ens.exists() else {}
     if post: s['f1_macro_post'] = post['f1_macro']  # after the ensemble's post-processing (identity, offsets)
     return dict(config=read_config(run), folds_ok=int((st.status == 'ok').sum()), folds_expected=len(st), n_oof=len(oof), **s)
@@ -74,7 +75,7 @@ def run_summary(run) -> dict:
 def compare_runs(root=None, # folder holding the runs; default `outputs/`
                  ignore=IGNORED_PARAMS, # config keys left out of the comparison
                 ) -> pd.DataFrame:
-    "One row per run under `root`: the parameters that differ, folds finished, out-of-fold scores; best first."
+    "One row per run under `root`: the parameters that differ, folds finished, out-of-fold scores; best first among runs scored alike."
     root = Path(root) if root else outputs_dir(); rows, cfgs = [], {}
     for d in sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []:
         if not list(d.glob('fold*/config.json')): continue
@@ -90,4 +91,8 @@ def compare_runs(root=None, # folder holding the runs; default `outputs/`
     score_cols = [c for c in df.columns if c.startswith(('f1_', 'acc'))]
     first = [*differ, 'folds_ok', 'folds_expected', *score_cols]
     df = df[[c for c in first if c in df] + [c for c in df.columns if c not in first]]
-    return df.sort_values('selection', ascending=False, na_position='last') if 'selection' in df else df
+    if 'selection' not in df: return df
+    # an f1_mask of a mask-only run and an f1_macro are not one scale: group by what `selection` averages, f1_macro first
+    order = df.assign(_other=df.selected_by != 'f1_macro').sort_values(['_other', 'selected_by', 'selection'],
+                                                                        ascending=[True, True, False], na_position='last')
+    return order.drop(columns='_other')
