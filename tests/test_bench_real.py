@@ -19,10 +19,11 @@ def test_recipes_share_folds_and_crops(tmp_path, monkeypatch):
                         cwd=str(repo_root()), progress_bar=False, kernel_name='python3')
     res = pd.read_csv(tmp_path / 'bench' / 'smoke.csv', dtype={'fold': str})
     runs = res[res.fold != 'pooled'].drop_duplicates(['task', 'fold', 'recipe'])
-    assert set(runs.recipe) == {'default', 'plain'} and set(runs.task) == {'mask', 'face'}
+    assert set(runs.recipe) == {'default', 'plain'} and set(runs.task) == {'mask', 'face', 'across'}  # the smoke run adds across
     assert (runs.groupby(['task', 'fold']).recipe.nunique() == 2).all()
     assert (runs.groupby(['task', 'fold']).digest.nunique() == 1).all(), runs[['task', 'fold', 'recipe', 'digest']]
-    assert (runs.groupby('task').digest.nunique() == 2).all()  # the digest sees the split: two folds, two digests
+    assert runs.groupby('task').digest.nunique().to_dict() == {'mask': 2, 'face': 2, 'across': 1}  # the digest sees the split:
+    # two folds, two digests; across has one split (masks train, selfies score)
     seeds = res[res.fold != 'pooled'].groupby(['task', 'fold', 'recipe']).seed.nunique()
     assert (seeds == 2).all(), seeds  # the smoke run repeats every fold under two seeds
     assert set(res[res.fold == 'pooled'].metric) == {'f1_mask', 'acc_mask', 'f1_gender', 'acc_gender', 'f1_age', 'acc_age'}
