@@ -107,6 +107,7 @@ def check_ranges(cfg: dict):
             bad.append(f"{k}={cfg[k]!r} must be {'at least ' + str(lo) if hi is None else f'{lo} to {hi}'}")
     if cfg['fold'] >= cfg['n_folds']: bad.append(f"fold={cfg['fold']!r} must be below n_folds={cfg['n_folds']!r}")
     if bad: raise ValueError('bad config values: ' + '; '.join(bad))
+
 AMP_DTYPES = ('bf16', 'fp16')  # `amp` may also name the autocast dtype
 NUMBER_KEYS = tuple(k for k, v in DEFAULT_CONFIG.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
 
