@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from .core import repo_root, outputs_dir, keep_old
-from .config import run_folder, absolute_paths, PATH_PARAMS
+from .config import run_folder, absolute_paths, PATH_PARAMS  # the last two lived here: `maskclf.cli.X` still works
 
 # %% auto #0
 __all__ = ['parse_value', 'parse_params', 'gpu_slots', 'child_env', 'run_notebook', 'run_logged', 'log_tail', 'notebook_path',
