@@ -12,7 +12,7 @@ from .augment import TTA_MODES
 from .crop import CROP_EDGES
 
 # %% auto #0
-__all__ = ['DEFAULT_CONFIG', 'CHOICES', 'BOOL_KEYS', 'INT_KEYS', 'RANGES', 'AMP_DTYPES', 'NUMBER_KEYS', 'EVAL_BATCH_FACTOR',
+__all__ = ['DEFAULT_CONFIG', 'CHOICES', 'BOOL_KEYS', 'RANGES', 'AMP_DTYPES', 'NUMBER_KEYS', 'INT_KEYS', 'EVAL_BATCH_FACTOR',
            'MAX_AUTO_WORKERS', 'RESUME_FREE', 'FIXED_LENGTH_SCHEDULES', 'PATH_PARAMS', 'resolve_config', 'check_ranges',
            'as_bool', 'as_list', 'crop_size', 'eval_batch_size', 'run_folder', 'auto_workers', 'absolute_paths',
            'check_resume_config']
@@ -93,7 +93,6 @@ def resolve_config(cfg: dict | None = None, **overrides) -> dict:
     return out
 
 BOOL_KEYS = ('overwrite', 'resume', 'tensorboard', 'tta_framing')  # True or False, nothing else
-INT_KEYS = ('fold', 'n_folds', 'epochs', 'batch_size', 'img_size', 'seed', 'num_workers', 'patience', 'age_old_from')
 RANGES = dict(  # key: (lowest, highest), both allowed; None: no bound. Outside them a run would fail late or mean nothing
     fold=(0, None), n_folds=(2, None), epochs=(1, None), batch_size=(1, None), img_size=(32, None), patience=(1, None),
     num_workers=(-1, None), lr=(0, None), weight_decay=(0, None), crop_aspect=(0.25, 4), crop_margin=(0, None),
@@ -110,6 +109,7 @@ def check_ranges(cfg: dict):
 
 AMP_DTYPES = ('bf16', 'fp16')  # `amp` may also name the autocast dtype
 NUMBER_KEYS = tuple(k for k, v in DEFAULT_CONFIG.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
+INT_KEYS = tuple(k for k in NUMBER_KEYS if isinstance(DEFAULT_CONFIG[k], int))  # whole numbers: epochs, sizes, seed, ...
 
 def as_bool(x, key: str, allowed: str = 'True or False') -> bool:
     "A bool from a bool or the text 'true'/'false' (any case: `papermill -p` passes `false` as text); anything else is an error."
