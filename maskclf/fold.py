@@ -21,6 +21,7 @@ from .metrics import (train_targets, keep_for_training, head_truth, score, selec
 from .loaders import resolve_augment_on, make_dataset, make_loader, reseed_loader, eval_loader
 from .learn import Precision, make_precision, make_optimizer, Schedule, make_mix, train_one_epoch, fit, predict_probs
 from .checkpoint import build_model, load_checkpoint, load_model
+from .model import freeze_stages
 from .distributed import dist_info, setup_distributed, gather_shards, barrier, unwrap
 from .report import save_figures, fold_figures, write_report
 
@@ -187,6 +188,7 @@ def make_recipe(cfg: dict, # the resolved run config
         raise ValueError(f'`other` must hold the same photos as `pixels`, row for row: {len(other)} rows against {len(pixels)}')
     seed_everything(cfg['seed'])  # here, not earlier: filling the crop cache (a detector) may draw random numbers
     model = build_model(cfg).to(prec.device)
+    freeze_stages(model.backbone, cfg['frozen_stages'])  # before the optimiser, which takes the trainable parameters only
     if prec.channels_last: model = model.to(memory_format=torch.channels_last)
     data_cfg, size, on = model.data_config, crop_size(cfg), resolve_augment_on(cfg['augment_on'], prec.device)
     train_ds = make_dataset(pixels, train_idx, train_t, size, data_cfg, cfg['augment'], on, other, cfg['edge_mix'])

@@ -12,13 +12,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 import timm
 from timm.data import resolve_data_config
+from timm.models import group_parameters
 
 from .core import HEAD_SIZES, N_CLASSES
 
 # %% auto #0
 __all__ = ['PACKAGE_WEIGHTS', 'HEAD_TYPES', 'LinearHead', 'ArcFaceHead', 'MultiHead', 'outputs2probs', 'package_weights_file',
            'weight_sources', 'map_by_position', 'load_package_weights', 'hub_reachable', 'hub_cached_file',
-           'read_state_dict', 'load_file_weights', 'MaskModel', 'make_head', 'create_model']
+           'read_state_dict', 'load_file_weights', 'MaskModel', 'make_head', 'create_model', 'freeze_stages']
 
 # %% ../nbs/05_model.ipynb #2968ba8b
 class LinearHead(nn.Module):
@@ -223,3 +224,17 @@ def create_model(name: str = 'tf_efficientnet_lite0',  # any timm model name
         model.weight_source = 'timm hub' if use_hub else load_package_weights(backbone, name)
     model.name, model.head_type = name, head
     return model
+
+# %% ../nbs/05_model.ipynb #abea3e1f
+def freeze_stages(backbone: nn.Module, n: int) -> list[str]:
+    "Stop the stem and the first `n` stages of a timm `backbone` from training; returns the frozen parameters' names."
+    if n <= 0: return []
+    groups = group_parameters(backbone, backbone.group_matcher(coarse=True))  # {0: stem, 1: first stage, ...}
+    ids = sorted(groups)
+    if n >= len(ids) - 1:
+        raise ValueError(f'frozen_stages={n}: {type(backbone).__name__} has the stem and {len(ids) - 1} more groups of '
+                         f'layers; freeze fewer than {len(ids) - 1} so something is left to train')
+    names = [name for i in ids[:n + 1] for name in groups[i]]
+    params = dict(backbone.named_parameters())
+    for name in names: params[name].requires_grad_(False)
+    return names
