@@ -235,6 +235,5 @@ def freeze_stages(backbone: nn.Module, n: int) -> list[str]:
         raise ValueError(f'frozen_stages={n}: {type(backbone).__name__} has the stem and {len(ids) - 1} more groups of '
                          f'layers; freeze fewer than {len(ids) - 1} so something is left to train')
     names = [name for i in ids[:n + 1] for name in groups[i]]
-    params = dict(backbone.named_parameters())
-    for name in names: params[name].requires_grad_(False)
+    for name in names: backbone.get_parameter(name).requires_grad_(False)
     return names
