@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_config.ipynb #a71713fb
 from __future__ import annotations
-import numbers, os
+import json, numbers, os
 from pathlib import Path
 
 from .core import EVAL_OLD_FROM, outputs_dir
@@ -13,9 +13,9 @@ from .crop import CROP_EDGES
 
 # %% auto #0
 __all__ = ['DEFAULT_CONFIG', 'CHOICES', 'BOOL_KEYS', 'RANGES', 'AMP_DTYPES', 'NUMBER_KEYS', 'INT_KEYS', 'EVAL_BATCH_FACTOR',
-           'MAX_AUTO_WORKERS', 'RESUME_FREE', 'FIXED_LENGTH_SCHEDULES', 'PATH_PARAMS', 'resolve_config', 'check_ranges',
-           'as_bool', 'as_list', 'crop_size', 'eval_batch_size', 'run_folder', 'auto_workers', 'absolute_paths',
-           'check_resume_config']
+           'MAX_AUTO_WORKERS', 'RUN_FREE', 'RESUME_FREE', 'FIXED_LENGTH_SCHEDULES', 'PATH_PARAMS', 'resolve_config',
+           'check_ranges', 'as_bool', 'as_list', 'crop_size', 'eval_batch_size', 'run_folder', 'auto_workers',
+           'absolute_paths', 'config_differences', 'MixedRunError', 'check_resume_config']
 
 # %% ../nbs/07_config.ipynb #af2b2807
 DEFAULT_CONFIG = dict(
@@ -146,6 +146,8 @@ def auto_workers(n: int, device) -> int:
     "DataLoader workers for `num_workers=n`: `n` if >= 0, else 0 on CPU (the main process is fastest there), else min(8, cores)."
     return n if n >= 0 else (0 if device.type == 'cpu' else min(MAX_AUTO_WORKERS, os.cpu_count() or 1))
 
+RUN_FREE = ('fold', 'run', 'overwrite', 'resume', 'num_workers', 'tensorboard')  # may differ between the folds of one run:
+                                                                                # they never change a result
 # may change on resume: they steer the run, or act only on the final predictions (`tta`, `tta_framing`)
 RESUME_FREE = ('resume', 'overwrite', 'epochs', 'patience', 'num_workers', 'tensorboard', 'tta', 'tta_framing')
 FIXED_LENGTH_SCHEDULES = ('cosine', 'onecycle')  # laid out over `epochs` from the first step: `epochs` is fixed with them
@@ -166,12 +168,23 @@ def absolute_paths(params: dict, # parameters as parsed
     if isinstance(w, str) and (base / w).is_file(): out['pretrained'] = fix(w)
     return out
 
+def config_differences(saved: dict, # a config as saved (config.json, a checkpoint) or resolved
+                       cfg: dict, # the config to compare it with
+                       free=RUN_FREE, # keys that may differ
+                      ) -> dict:
+    "{key: (saved value, cfg value)} for each key outside `free` where two configs differ; paths compared absolute."
+    # a path saved relative (before runs saved them absolute) means this folder, as it did then; tuples compare as lists
+    a, b = (absolute_paths(json.loads(json.dumps(c))) for c in (saved, cfg))
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if k not in free and a.get(k) != b.get(k)}
+
+class MixedRunError(ValueError):
+    "The folds of one run disagree (other configs, or photos validated twice): their ensemble would mix two runs."
+
 def check_resume_config(saved: dict, cfg: dict):
     "Refuse to resume with a config that changes training (patience, workers, TTA, flags and, unless the lr schedule is fixed-length, epochs may change)."
-    saved = absolute_paths(resolve_config(saved))  # keys added since the run was saved take their defaults; a path saved
-                                                    # relative (before runs saved them absolute) means this folder, as then
+    saved = resolve_config(saved)  # keys added since the run was saved take their defaults
     free = [k for k in RESUME_FREE if not (k == 'epochs' and saved['scheduler'] in FIXED_LENGTH_SCHEDULES)]
-    diff = {k: (saved.get(k), cfg[k]) for k in cfg if k not in free and saved.get(k) != cfg[k]}
+    diff = config_differences(saved, cfg, free)
     if not diff: return
     why = (f"; the {saved['scheduler']!r} learning-rate schedule was laid out over epochs={saved['epochs']}: resume with that, "
            f"or start a new run" if 'epochs' in diff else '')

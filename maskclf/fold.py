@@ -4,7 +4,7 @@
 
 # %% ../nbs/07e_fold.ipynb #654fad5d
 from __future__ import annotations
-import functools, math, shutil
+import functools, json, math, shutil
 from pathlib import Path
 from typing import NamedTuple
 
@@ -15,20 +15,21 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from .core import seed_everything, fresh_dir, atomic_path, save_json, code_version, folder_lock, clean_stale_tmp
-from .config import resolve_config, crop_size, eval_batch_size, run_folder, check_resume_config, auto_workers, absolute_paths
+from .config import (DEFAULT_CONFIG, resolve_config, crop_size, eval_batch_size, run_folder, check_resume_config, auto_workers,
+                            absolute_paths, config_differences, MixedRunError)
 from .metrics import (train_targets, keep_for_training, head_truth, score, selection_keys, scored_classes,
                              nan_to_none, format_scores, make_oof, check_probs, NonFiniteLossError)
 from .loaders import resolve_augment_on, make_dataset, make_loader, reseed_loader, eval_loader
 from .learn import Precision, make_precision, make_optimizer, Schedule, make_mix, train_one_epoch, fit, predict_probs
-from .checkpoint import build_model, load_checkpoint, load_model
+from .checkpoint import build_model, load_checkpoint, load_model, LEGACY_CONFIG
 from .model import freeze_stages
 from .distributed import dist_info, setup_distributed, gather_shards, barrier, unwrap
 from .report import save_figures, fold_figures, write_report
 
 # %% auto #0
 __all__ = ['load_tables', 'get_pixels', 'other_pixels', 'prediction_views', 'framed_probs', 'prepare_crops', 'fold_dir_for',
-           'fold_state', 'open_fold_dir', 'locked_fold', 'trim_history', 'save_submission', 'Recipe', 'make_recipe',
-           'run_fold', 'finish_fold', 'fit_split']
+           'fold_state', 'fold_config', 'check_run_agrees', 'open_fold_dir', 'locked_fold', 'trim_history',
+           'save_submission', 'Recipe', 'make_recipe', 'run_fold', 'finish_fold', 'fit_split']
 
 # %% ../nbs/07e_fold.ipynb #08f2998b
 def load_tables(cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame | None]:
@@ -113,9 +114,24 @@ def fold_state(d) -> str:
     if (d / 'metrics.json').exists(): return 'finished'
     return 'interrupted' if (d / 'last.pt').exists() else 'failed start'
 
+def fold_config(d) -> dict:
+    "A fold folder's config.json as its run used it: keys added since take `LEGACY_CONFIG`'s values, or their defaults."
+    return {**DEFAULT_CONFIG, **LEGACY_CONFIG, **json.loads((Path(d) / 'config.json').read_text())}
+
+def check_run_agrees(cfg: dict, d: Path):
+    "Refuse to start fold folder `d` with a config other than that of its run's folds with results (they are ensembled together)."
+    others = sorted(p for p in d.parent.glob('fold[0-9]*') if p.name[4:].isdigit() and p != d and fold_state(p) in ('interrupted', 'finished'))
+    diffs = {p.name: diff for p in others if (diff := config_differences(fold_config(p), cfg))}
+    if not diffs: return
+    what = '; '.join(f'{name}: ' + ', '.join(f'{k}={a!r} there, {b!r} here' for k, (a, b) in diff.items()) for name, diff in diffs.items())
+    msg = f'{d.parent} holds folds trained with another config ({what}); the folds of a run are ensembled together'
+    if not cfg['overwrite']: raise MixedRunError(f'{msg}: -p run NEW_NAME for this config, or -p overwrite True on every fold')
+    print(f'{msg}. With overwrite this fold runs, and the ensemble refuses the run until every fold has this config.', flush=True)
+
 def open_fold_dir(cfg: dict) -> Path:
-    "The fold folder for `cfg`: new, a failed start reused, or an interrupted run to resume; refuses to reuse results."
-    d = fold_dir_for(cfg); clean_stale_tmp(d); state = fold_state(d)  # litter of a killed save goes first
+    "The fold folder for `cfg`: new, a failed start reused, or an interrupted run to resume; refuses to reuse results or mix two runs."
+    d = fold_dir_for(cfg); check_run_agrees(cfg, d)
+    clean_stale_tmp(d); state = fold_state(d)  # litter of a killed save goes first
     if state == 'failed start' and not cfg['overwrite']:  # config/history but no checkpoint: nothing to keep or continue
         print(f"{d} holds a failed start ({', '.join(sorted(f.name for f in d.iterdir()))}; no checkpoint): reusing it, "
               f"starting at epoch 0" + (' (there is nothing to resume)' if cfg['resume'] else ''), flush=True)

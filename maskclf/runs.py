@@ -10,11 +10,12 @@ from pathlib import Path
 import pandas as pd
 
 from .core import outputs_dir
-from .config import run_folder
+from .config import run_folder, RUN_FREE, config_differences, MixedRunError
 from .metrics import score, selection_metric, selection_keys, oof_probs
 
 # %% auto #0
-__all__ = ['FOLD_FILES', 'IGNORED_PARAMS', 'run_dir', 'fold_status', 'read_config', 'read_oof', 'run_summary', 'compare_runs']
+__all__ = ['FOLD_FILES', 'IGNORED_PARAMS', 'run_dir', 'fold_status', 'read_config', 'read_oof', 'check_folds_agree',
+           'run_summary', 'compare_runs']
 
 # %% ../nbs/08b_runs.ipynb #66599146
 FOLD_FILES = ('config.json', 'oof.csv', 'test_probs.npy')  # what a finished fold must hold (test_probs: if it had eval photos)
@@ -54,13 +55,30 @@ def read_config(run) -> dict:
 
 # %% ../nbs/08b_runs.ipynb #8f9b8d21
 def read_oof(run) -> pd.DataFrame:
-    "The out-of-fold predictions of every finished fold of a run, stacked."
+    "The out-of-fold predictions of every finished fold of a run, stacked; refused if the folds are not one run's (`check_folds_agree`)."
     st = fold_status(run); ok = st[st.status == 'ok']
     if ok.empty: raise FileNotFoundError(f'{run_dir(run)}: no finished fold (status: {dict(zip(st.fold, st.status))})')
-    return pd.concat([pd.read_csv(Path(f) / 'oof.csv') for f in ok.folder], ignore_index=True)
+    check_folds_agree(ok.folder)
+    oof = pd.concat([pd.read_csv(Path(f) / 'oof.csv') for f in ok.folder], ignore_index=True)
+    twice = oof[oof.path.duplicated(keep=False)]  # each photo is validated by one fold, unless the split changed between folds
+    if len(twice):
+        raise MixedRunError(f'{run_dir(run)}: {twice.path.nunique()} photos were validated by more than one fold (folds '
+                            f'{sorted(twice.fold.unique())}, e.g. {twice.path.iloc[0]}): its folds were split from other data or '
+                            f'another version of the split; rerun them together under one run name')
+    return oof
+
+def check_folds_agree(folders):
+    "Refuse fold folders whose configs differ outside `RUN_FREE`: one run's folds are scored and ensembled together."
+    from maskclf.fold import fold_config  # torch, only when a run is read
+    cfgs = {Path(f).name: fold_config(f) for f in folders}
+    first = next(iter(cfgs), None)
+    diffs = {n: d for n, c in cfgs.items() if n != first and (d := config_differences(cfgs[first], c))}
+    if diffs: raise MixedRunError(f'{Path(next(iter(folders))).parent}: its folds were trained with different configs (' + '; '.join(
+        f'{n}: ' + ', '.join(f'{k}={b!r} against {a!r} in {first}' for k, (a, b) in d.items()) for n, d in diffs.items()) +
+        '), so their scores and ensemble would mix two runs: rerun them under one config, or move the odd ones to another run')
 
 # %% ../nbs/08b_runs.ipynb #1afbfb03
-IGNORED_PARAMS = ('fold', 'run', 'overwrite', 'resume', 'num_workers', 'tensorboard')  # config keys that never explain a score
+IGNORED_PARAMS = RUN_FREE  # config keys that never explain a score
 
 def run_summary(run) -> dict:
     "Config, fold counts and out-of-fold scores of one run; `selection` ranks runs as `fit` ranks epochs."
@@ -80,7 +98,7 @@ def compare_runs(root=None, # folder holding the runs; default `outputs/`
     for d in sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []:
         if not list(d.glob('fold*/config.json')): continue
         try: s = run_summary(d)
-        except FileNotFoundError as e: s = dict(config=read_config(d), error=str(e))
+        except (FileNotFoundError, MixedRunError) as e: s = dict(config=read_config(d), error=str(e))
         cfgs[d.name] = {k: json.dumps(v) if isinstance(v, (list, dict)) else v
                         for k, v in s.pop('config').items() if k not in ignore}
         rows.append(dict(run=d.name, **s))

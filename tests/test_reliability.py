@@ -198,6 +198,20 @@ def test_ensemble_names_the_bad_fold(tmp_path):
     assert not (tmp_path / 'sub.csv').exists()
 
 
+def test_folds_of_one_run_must_agree(reference, tmp_path):
+    "A fold whose config differs from its run's finished folds is refused before anything is made; so is an ensemble of such folds."
+    from maskclf.config import MixedRunError
+    from maskclf.infer import fake_run, fake_eval_dir, ensemble_run
+    run = reference['fold'].parent
+    with pytest.raises(MixedRunError, match=r'fold0: img_size=32 there, 48 here.*-p run NEW_NAME'):
+        run_fold(dict(reference['cfg'], fold=4, img_size=48))  # e.g. one papermill command of five with a changed parameter
+    assert not (run / 'fold4').exists()
+    r = fake_run(tmp_path / 'r', n_folds=3); ev = fake_eval_dir(tmp_path / 'comp')
+    c = json.loads((r / 'fold2' / 'config.json').read_text()); (r / 'fold2' / 'config.json').write_text(json.dumps({**c, 'epochs': 3}))
+    with pytest.raises(MixedRunError, match='fold2: epochs=3 against'): ensemble_run(r, data_dir=ev)
+    assert not (r / 'ensemble').exists()
+
+
 def test_overwrite_twice_in_one_second(tmp_path):
     "Issue 11.8: two overwrites within the same second each move the old folder aside under its own name."
     run = fresh_dir(tmp_path / 'fold0')
