@@ -15,7 +15,7 @@ from .crop import CROP_EDGES
 __all__ = ['DEFAULT_CONFIG', 'CHOICES', 'BOOL_KEYS', 'RANGES', 'AMP_DTYPES', 'NUMBER_KEYS', 'INT_KEYS', 'EVAL_BATCH_FACTOR',
            'MAX_AUTO_WORKERS', 'RUN_FREE', 'RESUME_FREE', 'FIXED_LENGTH_SCHEDULES', 'PATH_PARAMS', 'resolve_config',
            'check_ranges', 'as_bool', 'as_list', 'crop_size', 'eval_batch_size', 'run_folder', 'auto_workers',
-           'absolute_paths', 'config_differences', 'MixedRunError', 'check_resume_config']
+           'absolute_paths', 'config_differences', 'describe_differences', 'MixedRunError', 'check_resume_config']
 
 # %% ../nbs/07_config.ipynb #af2b2807
 DEFAULT_CONFIG = dict(
@@ -176,6 +176,14 @@ def config_differences(saved: dict, # a config as saved (config.json, a checkpoi
     # a path saved relative (before runs saved them absolute) means this folder, as it did then; tuples compare as lists
     a, b = (absolute_paths(json.loads(json.dumps(c))) for c in (saved, cfg))
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if k not in free and a.get(k) != b.get(k)}
+
+def describe_differences(diffs: dict, # {folder name: `config_differences(its config, the other)`}
+                         here: str = 'here', # how to name where the other values come from
+                        ) -> str:
+    "'fold0, fold1: img_size=128 there, 160 here; fold3: ...', folders with the same differences named together."
+    groups = {}
+    for name, d in diffs.items(): groups.setdefault(', '.join(f'{k}={a!r} there, {b!r} {here}' for k, (a, b) in d.items()), []).append(name)
+    return '; '.join(f"{', '.join(names)}: {what}" for what, names in groups.items())
 
 class MixedRunError(ValueError):
     "The folds of one run disagree (other configs, or photos validated twice): their ensemble would mix two runs."

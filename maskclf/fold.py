@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from .core import seed_everything, fresh_dir, atomic_path, save_json, code_version, folder_lock, clean_stale_tmp
 from .config import (DEFAULT_CONFIG, resolve_config, crop_size, eval_batch_size, run_folder, check_resume_config, auto_workers,
-                            absolute_paths, config_differences, MixedRunError)
+                            absolute_paths, config_differences, describe_differences, MixedRunError)
 from .metrics import (train_targets, keep_for_training, head_truth, score, selection_keys, scored_classes,
                              nan_to_none, format_scores, make_oof, check_probs, NonFiniteLossError)
 from .loaders import resolve_augment_on, make_dataset, make_loader, reseed_loader, eval_loader
@@ -123,8 +123,7 @@ def check_run_agrees(cfg: dict, d: Path):
     others = sorted(p for p in d.parent.glob('fold[0-9]*') if p.name[4:].isdigit() and p != d and fold_state(p) in ('interrupted', 'finished'))
     diffs = {p.name: diff for p in others if (diff := config_differences(fold_config(p), cfg))}
     if not diffs: return
-    what = '; '.join(f'{name}: ' + ', '.join(f'{k}={a!r} there, {b!r} here' for k, (a, b) in diff.items()) for name, diff in diffs.items())
-    msg = f'{d.parent} holds folds trained with another config ({what}); the folds of a run are ensembled together'
+    msg = f'{d.parent} holds folds trained with another config ({describe_differences(diffs)}); the folds of a run are ensembled together'
     if not cfg['overwrite']: raise MixedRunError(f'{msg}: -p run NEW_NAME for this config, or -p overwrite True on every fold')
     print(f'{msg}. With overwrite this fold runs, and the ensemble refuses the run until every fold has this config.', flush=True)
 

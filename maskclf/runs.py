@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from .core import outputs_dir
-from .config import run_folder, RUN_FREE, config_differences, MixedRunError
+from .config import run_folder, RUN_FREE, config_differences, describe_differences, MixedRunError
 from .metrics import score, selection_metric, selection_keys, oof_probs
 
 # %% auto #0
@@ -72,10 +72,10 @@ def check_folds_agree(folders):
     from maskclf.fold import fold_config  # torch, only when a run is read
     cfgs = {Path(f).name: fold_config(f) for f in folders}
     first = next(iter(cfgs), None)
-    diffs = {n: d for n, c in cfgs.items() if n != first and (d := config_differences(cfgs[first], c))}
-    if diffs: raise MixedRunError(f'{Path(next(iter(folders))).parent}: its folds were trained with different configs (' + '; '.join(
-        f'{n}: ' + ', '.join(f'{k}={b!r} against {a!r} in {first}' for k, (a, b) in d.items()) for n, d in diffs.items()) +
-        '), so their scores and ensemble would mix two runs: rerun them under one config, or move the odd ones to another run')
+    diffs = {n: d for n, c in cfgs.items() if n != first and (d := config_differences(c, cfgs[first]))}
+    if diffs: raise MixedRunError(f'{Path(next(iter(folders))).parent}: its folds were trained with different configs '
+                                  f'({describe_differences(diffs, f"in {first}")}), so their scores and ensemble would mix '
+                                  f'two runs: rerun them under one config, or move the odd ones to another run')
 
 # %% ../nbs/08b_runs.ipynb #1afbfb03
 IGNORED_PARAMS = RUN_FREE  # config keys that never explain a score

@@ -208,7 +208,7 @@ def test_folds_of_one_run_must_agree(reference, tmp_path):
     assert not (run / 'fold4').exists()
     r = fake_run(tmp_path / 'r', n_folds=3); ev = fake_eval_dir(tmp_path / 'comp')
     c = json.loads((r / 'fold2' / 'config.json').read_text()); (r / 'fold2' / 'config.json').write_text(json.dumps({**c, 'epochs': 3}))
-    with pytest.raises(MixedRunError, match='fold2: epochs=3 against'): ensemble_run(r, data_dir=ev)
+    with pytest.raises(MixedRunError, match='fold2: epochs=3 there, '): ensemble_run(r, data_dir=ev)
     assert not (r / 'ensemble').exists()
 
 
