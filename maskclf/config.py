@@ -174,7 +174,7 @@ def config_differences(saved: dict, # a config as saved (config.json, a checkpoi
                       ) -> dict:
     "{key: (saved value, cfg value)} for each key outside `free` where two configs differ; paths compared absolute."
     # a path saved relative (before runs saved them absolute) means this folder, as it did then; tuples compare as lists
-    a, b = (absolute_paths(json.loads(json.dumps(c))) for c in (saved, cfg))
+    a, b = (absolute_paths(json.loads(json.dumps(c, default=str))) for c in (saved, cfg))  # a Path as its text, as saved
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if k not in free and a.get(k) != b.get(k)}
 
 def describe_differences(diffs: dict, # {folder name: `config_differences(its config, the other)`}

@@ -292,13 +292,14 @@ def make_folds(df: pd.DataFrame, # a photo table
                n_folds: int = 5, # number of folds
                seed: int = 42 # shuffles which people go together
               ) -> np.ndarray:
-    "Fold index per row: person-level groups, stratified on gender x age band (and mask state where it is one per person), deterministic given `seed`."
+    "Fold index per row: person-level groups, stratified on gender x age band x each person's most common mask state, deterministic given `seed`."
     from sklearn.model_selection import StratifiedGroupKFold
     groups, keys = pd.factorize(df.person.where(df.person.notna(), df.path).astype(str))
     if len(keys) < n_folds: raise DataError(f'{len(keys)} people cannot fill {n_folds} folds')
     strata = (df.gender + 1) * (len(AGE_NAMES) + 1) + df.age_band + 1  # unknown (-1) values form their own strata
-    if (df['mask'].groupby(groups).nunique(dropna=False) == 1).all():  # a person-level label: stratify on it too
-        strata = strata * (len(MASK_NAMES) + 1) + df['mask'] + 1  # a mask state the same for all leaves the folds as they were
+    states = pd.crosstab(groups, df['mask'].to_numpy())  # people x mask states (-1: unknown), photo counts
+    main_state = states.columns.to_numpy()[states.to_numpy().argmax(1)][groups]  # each photo's person's most common state
+    strata = strata * (len(MASK_NAMES) + 1) + main_state + 1  # the same for all (5/1/1: 'wear') leaves the folds as they were
     folds = np.full(len(df), -1)
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='The least populated class')  # rare strata in small sets

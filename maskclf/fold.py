@@ -28,8 +28,8 @@ from .report import save_figures, fold_figures, write_report
 
 # %% auto #0
 __all__ = ['load_tables', 'get_pixels', 'other_pixels', 'prediction_views', 'framed_probs', 'prepare_crops', 'fold_dir_for',
-           'fold_state', 'fold_config', 'check_run_agrees', 'open_fold_dir', 'locked_fold', 'trim_history',
-           'save_submission', 'Recipe', 'make_recipe', 'run_fold', 'finish_fold', 'fit_split']
+           'fold_state', 'fold_config', 'sibling_configs', 'check_run_agrees', 'open_fold_dir', 'locked_fold',
+           'trim_history', 'save_submission', 'Recipe', 'make_recipe', 'run_fold', 'finish_fold', 'fit_split']
 
 # %% ../nbs/07e_fold.ipynb #08f2998b
 def load_tables(cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame | None]:
@@ -118,10 +118,19 @@ def fold_config(d) -> dict:
     "A fold folder's config.json as its run used it: keys added since take `LEGACY_CONFIG`'s values, or their defaults."
     return {**DEFAULT_CONFIG, **LEGACY_CONFIG, **json.loads((Path(d) / 'config.json').read_text())}
 
+def sibling_configs(d: Path) -> dict:
+    "{folder name: config} of the other folds of `d`'s run that hold results, in fold order (one moved aside meanwhile: left out)."
+    others = sorted((p for p in d.parent.glob('fold[0-9]*') if p.name[4:].isdigit() and p != d), key=lambda p: int(p.name[4:]))
+    out = {}
+    for p in others:
+        if fold_state(p) not in ('interrupted', 'finished'): continue
+        try: out[p.name] = fold_config(p)
+        except (OSError, ValueError): pass  # renamed by an overwrite running beside us, or no config: nothing to agree with
+    return out
+
 def check_run_agrees(cfg: dict, d: Path):
     "Refuse to start fold folder `d` with a config other than that of its run's folds with results (they are ensembled together)."
-    others = sorted(p for p in d.parent.glob('fold[0-9]*') if p.name[4:].isdigit() and p != d and fold_state(p) in ('interrupted', 'finished'))
-    diffs = {p.name: diff for p in others if (diff := config_differences(fold_config(p), cfg))}
+    diffs = {name: diff for name, c in sibling_configs(d).items() if (diff := config_differences(c, cfg))}
     if not diffs: return
     msg = f'{d.parent} holds folds trained with another config ({describe_differences(diffs)}); the folds of a run are ensembled together'
     if not cfg['overwrite']: raise MixedRunError(f'{msg}: -p run NEW_NAME for this config, or -p overwrite True on every fold')
@@ -129,8 +138,8 @@ def check_run_agrees(cfg: dict, d: Path):
 
 def open_fold_dir(cfg: dict) -> Path:
     "The fold folder for `cfg`: new, a failed start reused, or an interrupted run to resume; refuses to reuse results or mix two runs."
-    d = fold_dir_for(cfg); check_run_agrees(cfg, d)
-    clean_stale_tmp(d); state = fold_state(d)  # litter of a killed save goes first
+    d = fold_dir_for(cfg); clean_stale_tmp(d); state = fold_state(d)  # litter of a killed save goes first
+    if not (cfg['resume'] and state == 'interrupted'): check_run_agrees(cfg, d)  # a resume keeps the config it started with
     if state == 'failed start' and not cfg['overwrite']:  # config/history but no checkpoint: nothing to keep or continue
         print(f"{d} holds a failed start ({', '.join(sorted(f.name for f in d.iterdir()))}; no checkpoint): reusing it, "
               f"starting at epoch 0" + (' (there is nothing to resume)' if cfg['resume'] else ''), flush=True)
