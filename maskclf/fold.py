@@ -123,8 +123,8 @@ def sibling_configs(d: Path) -> dict:
     others = sorted((p for p in d.parent.glob('fold[0-9]*') if p.name[4:].isdigit() and p != d), key=lambda p: int(p.name[4:]))
     out = {}
     for p in others:
-        if fold_state(p) not in ('interrupted', 'finished'): continue
-        try: out[p.name] = fold_config(p)
+        try:
+            if fold_state(p) in ('interrupted', 'finished'): out[p.name] = fold_config(p)
         except (OSError, ValueError): pass  # renamed by an overwrite running beside us, or no config: nothing to agree with
     return out
 
