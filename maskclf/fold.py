@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from .core import seed_everything, fresh_dir, atomic_path, save_json, code_version, folder_lock, clean_stale_tmp
 from .config import (DEFAULT_CONFIG, resolve_config, crop_size, eval_batch_size, run_folder, check_resume_config, auto_workers,
-                            absolute_paths, config_differences, describe_differences, MixedRunError)
+                            absolute_paths, fold_folders, config_differences, describe_differences, MixedRunError)
 from .metrics import (train_targets, keep_for_training, head_truth, score, selection_keys, scored_classes,
                              nan_to_none, format_scores, make_oof, check_probs, NonFiniteLossError)
 from .loaders import resolve_augment_on, make_dataset, make_loader, reseed_loader, eval_loader
@@ -120,9 +120,9 @@ def fold_config(d) -> dict:
 
 def sibling_configs(d: Path) -> dict:
     "{folder name: config} of the other folds of `d`'s run that hold results, in fold order (one moved aside meanwhile: left out)."
-    others = sorted((p for p in d.parent.glob('fold[0-9]*') if p.name[4:].isdigit() and p != d), key=lambda p: int(p.name[4:]))
     out = {}
-    for p in others:
+    for p in fold_folders(d.parent).values():
+        if p == d: continue
         try:
             if fold_state(p) in ('interrupted', 'finished'): out[p.name] = fold_config(p)
         except (OSError, ValueError): pass  # renamed by an overwrite running beside us, or no config: nothing to agree with

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from .core import outputs_dir
-from .config import run_folder, RUN_FREE, config_differences, describe_differences, MixedRunError
+from .config import run_folder, fold_folders, RUN_FREE, config_differences, describe_differences, MixedRunError
 from .metrics import score, selection_metric, selection_keys, oof_probs
 
 # %% auto #0
@@ -27,8 +27,7 @@ def run_dir(run) -> Path:
 
 def fold_status(run, n_folds: int | None = None) -> pd.DataFrame:
     "One row per expected fold: folder, status ('ok', 'missing', 'failed: ...') and its log."
-    d = run_dir(run); found = sorted(d.glob('fold[0-9]*'), key=lambda p: int(p.name[4:]) if p.name[4:].isdigit() else -1)
-    found = {int(p.name[4:]): p for p in found if p.name[4:].isdigit()}
+    d = run_dir(run); found = fold_folders(d)
     if n_folds is None:
         cfgs = [json.loads((p / 'config.json').read_text()) for p in found.values() if (p / 'config.json').exists()]
         n_folds = max([int(c.get('n_folds', 0)) for c in cfgs] + [max(found, default=-1) + 1])
