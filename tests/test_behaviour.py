@@ -30,7 +30,8 @@ CONFIG = dict(extra_data=[], boxes_csv='', fold=0, n_folds=5, model='tf_efficien
               sampler='random', mix='none', arc_s=30.0, arc_m=0.4, focal_gamma=2.0, smoothing=0.0, patience=5,
               grad_clip=5.0, augment_on='cpu', tensorboard=False,
               drop_rate=0.2,  # a key since the split; at 6bac502 `create_model` hard-coded this dropout
-              frozen_stages=0)  # a key since the split; every layer trained at 6bac502
+              frozen_stages=0,  # a key since the split; every layer trained at 6bac502
+              crop_edge='clamp', edge_mix=0.25, tta_framing=True)  # added since the split: the values the references match with
 N_PEOPLE = 12  # the demo set: 12 training people (84 photos), 20 eval people (140 photos)
 # Two runs of the same code on the same machine (one thread) gave identical files (max |difference| 0), and the
 # probabilities are written with full float precision; the tolerance only absorbs last-bit changes of summation order.
