@@ -11,18 +11,17 @@ import torch
 import torch.nn as nn
 
 from .core import atomic_path, get_device
-from .config import resolve_config
+from .config import resolve_config, LEGACY_CONFIG
 from .metrics import NonFiniteLossError
 from .distributed import unwrap
 
 # %% auto #0
-__all__ = ['CHECKPOINT_KEYS', 'MODEL_CONFIG_KEYS', 'LEGACY_CONFIG', 'CHECKPOINT_HELP', 'CheckpointError', 'save_checkpoint',
-           'checkpoint_problem', 'load_checkpoint', 'build_model', 'load_model']
+__all__ = ['CHECKPOINT_KEYS', 'MODEL_CONFIG_KEYS', 'CHECKPOINT_HELP', 'CheckpointError', 'save_checkpoint', 'checkpoint_problem',
+           'load_checkpoint', 'build_model', 'load_model']
 
 # %% ../nbs/07ab_checkpoint.ipynb #cfb277b2
 CHECKPOINT_KEYS = ('model', 'config', 'epoch', 'metric', 'best', 'best_epoch', 'optimizer', 'schedule', 'scaler')
 MODEL_CONFIG_KEYS = ('model', 'head', 'arc_s', 'arc_m', 'img_size', 'crop_aspect', 'crop_margin', 'crop_edge')  # shape the model and crops
-LEGACY_CONFIG = dict(crop_edge='clamp', edge_mix=0.0, tta_framing=False, frozen_stages=0)  # how checkpoints saved before a key existed were used
 CHECKPOINT_HELP = (f'A maskclf checkpoint is a dict saved by maskclf.checkpoint.save_checkpoint (best.pt, last.pt) with keys '
                    f'{", ".join(CHECKPOINT_KEYS)}: tensors and plain data only, its config holding at least '
                    f'{", ".join(MODEL_CONFIG_KEYS)}.')

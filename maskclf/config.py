@@ -13,10 +13,10 @@ from .crop import CROP_EDGES
 
 # %% auto #0
 __all__ = ['DEFAULT_CONFIG', 'CHOICES', 'BOOL_KEYS', 'RANGES', 'AMP_DTYPES', 'NUMBER_KEYS', 'INT_KEYS', 'EVAL_BATCH_FACTOR',
-           'MAX_AUTO_WORKERS', 'RUN_FREE', 'RESUME_FREE', 'FIXED_LENGTH_SCHEDULES', 'PATH_PARAMS', 'resolve_config',
-           'check_ranges', 'as_bool', 'as_list', 'crop_size', 'eval_batch_size', 'run_folder', 'fold_folders',
-           'auto_workers', 'absolute_paths', 'config_differences', 'describe_differences', 'MixedRunError',
-           'check_resume_config']
+           'LEGACY_CONFIG', 'MAX_AUTO_WORKERS', 'RUN_FREE', 'RESUME_FREE', 'FIXED_LENGTH_SCHEDULES', 'PATH_PARAMS',
+           'resolve_config', 'check_ranges', 'as_bool', 'as_list', 'crop_size', 'eval_batch_size', 'run_folder',
+           'fold_folders', 'fold_config', 'auto_workers', 'absolute_paths', 'config_differences',
+           'describe_differences', 'MixedRunError', 'check_resume_config']
 
 # %% ../nbs/07_config.ipynb #af2b2807
 DEFAULT_CONFIG = dict(
@@ -145,6 +145,12 @@ def fold_folders(run_dir) -> dict:
     "{k: folder} of a run folder's fold<k>/ folders in fold order (one moved aside, fold<k>.old-<time>, is no fold)."
     found = (p for p in Path(run_dir).glob('fold[0-9]*') if p.name[4:].isdigit())
     return {int(p.name[4:]): p for p in sorted(found, key=lambda p: int(p.name[4:]))}
+
+LEGACY_CONFIG = dict(crop_edge='clamp', edge_mix=0.0, tta_framing=False, frozen_stages=0)  # how runs and checkpoints saved before a key existed were used
+
+def fold_config(d) -> dict:
+    "A fold folder's config.json as its run used it: keys added since take `LEGACY_CONFIG`'s values, or their defaults."
+    return {**DEFAULT_CONFIG, **LEGACY_CONFIG, **json.loads((Path(d) / 'config.json').read_text())}
 
 MAX_AUTO_WORKERS = 8  # num_workers=-1 on a GPU: one per core up to this
 

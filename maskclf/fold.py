@@ -16,20 +16,20 @@ from torch.utils.data import DataLoader
 
 from .core import seed_everything, fresh_dir, atomic_path, save_json, code_version, folder_lock, clean_stale_tmp
 from .config import (DEFAULT_CONFIG, resolve_config, crop_size, eval_batch_size, run_folder, check_resume_config, auto_workers,
-                            absolute_paths, fold_folders, config_differences, describe_differences, MixedRunError)
+                            absolute_paths, fold_folders, fold_config, config_differences, describe_differences, MixedRunError)
 from .metrics import (train_targets, keep_for_training, head_truth, score, selection_keys, scored_classes,
                              nan_to_none, format_scores, make_oof, check_probs, NonFiniteLossError)
 from .loaders import resolve_augment_on, make_dataset, make_loader, reseed_loader, eval_loader
 from .learn import Precision, make_precision, make_optimizer, Schedule, make_mix, train_one_epoch, fit, predict_probs
-from .checkpoint import build_model, load_checkpoint, load_model, LEGACY_CONFIG
+from .checkpoint import build_model, load_checkpoint, load_model
 from .model import freeze_stages
 from .distributed import dist_info, setup_distributed, gather_shards, barrier, unwrap
 from .report import save_figures, fold_figures, write_report
 
 # %% auto #0
 __all__ = ['load_tables', 'get_pixels', 'other_pixels', 'prediction_views', 'framed_probs', 'prepare_crops', 'fold_dir_for',
-           'fold_state', 'fold_config', 'sibling_configs', 'check_run_agrees', 'open_fold_dir', 'locked_fold',
-           'trim_history', 'save_submission', 'Recipe', 'make_recipe', 'run_fold', 'finish_fold', 'fit_split']
+           'fold_state', 'sibling_configs', 'check_run_agrees', 'open_fold_dir', 'locked_fold', 'trim_history',
+           'save_submission', 'Recipe', 'make_recipe', 'run_fold', 'finish_fold', 'fit_split']
 
 # %% ../nbs/07e_fold.ipynb #08f2998b
 def load_tables(cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame | None]:
@@ -113,10 +113,6 @@ def fold_state(d) -> str:
     if not d.is_dir() or not any(not f.name.startswith('.') for f in d.iterdir()): return 'new'
     if (d / 'metrics.json').exists(): return 'finished'
     return 'interrupted' if (d / 'last.pt').exists() else 'failed start'
-
-def fold_config(d) -> dict:
-    "A fold folder's config.json as its run used it: keys added since take `LEGACY_CONFIG`'s values, or their defaults."
-    return {**DEFAULT_CONFIG, **LEGACY_CONFIG, **json.loads((Path(d) / 'config.json').read_text())}
 
 def sibling_configs(d: Path) -> dict:
     "{folder name: config} of the other folds of `d`'s run that hold results, in fold order (one moved aside meanwhile: left out)."

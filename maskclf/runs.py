@@ -10,7 +10,8 @@ from pathlib import Path
 import pandas as pd
 
 from .core import outputs_dir
-from .config import run_folder, fold_folders, RUN_FREE, config_differences, describe_differences, MixedRunError
+from .config import (run_folder, fold_folders, fold_config, LEGACY_CONFIG, RUN_FREE, config_differences, describe_differences,
+                            MixedRunError)
 from .metrics import score, selection_metric, selection_keys, oof_probs
 
 # %% auto #0
@@ -47,7 +48,6 @@ def _no_eval(fold) -> bool:
 
 def read_config(run) -> dict:
     "The run config shared by its folds (from the first fold that has one), without the fold number; keys added since take the values the run used."
-    from maskclf.checkpoint import LEGACY_CONFIG  # e.g. a run from before `tta_framing` predicted from one framing
     for p in sorted(run_dir(run).glob('fold*/config.json')):
         cfg = {**LEGACY_CONFIG, **json.loads(p.read_text())}; cfg.pop('fold', None); return cfg
     raise FileNotFoundError(f'{run_dir(run)}: no fold*/config.json, so this is not a run folder')
@@ -68,7 +68,6 @@ def read_oof(run) -> pd.DataFrame:
 
 def check_folds_agree(folders):
     "Refuse fold folders whose configs differ outside `RUN_FREE`: one run's folds are scored and ensembled together."
-    from maskclf.fold import fold_config  # torch, only when a run is read
     cfgs = {Path(f).name: fold_config(f) for f in folders}
     first = next(iter(cfgs), None)
     diffs = {n: d for n, c in cfgs.items() if n != first and (d := config_differences(c, cfgs[first]))}
