@@ -6,10 +6,8 @@ two epochs (an AMD EPYC and an Intel Xeon with AMX differ by 0.02 in probability
 there is one reference per kind of CPU, each made by the code of 6bac502 on that CPU, and its `made.json` records the
 CPU's `numerics` fingerprint (one seeded training step of the model, hashed). A rerun passes when it matches a
 reference; when it matches none, it fails against the reference with this CPU's fingerprint, or, on a CPU that has
-none, skips and says how to add one. The AMD reference was made before fingerprints were recorded, so there a
-changed result skips instead of failing until a session on that CPU adds its `numerics` (the fingerprint this file
-computes, once the rerun has matched the reference). A new torch or timm can change the fingerprint too: a skip, never
-a false failure.
+none, skips and says how to add one. A new torch or timm can change the fingerprint too: a skip, never a false
+failure.
 
 Add a reference for this CPU (only from code that behaves as the references do: check on a CPU that has one) with
 `python tests/test_behaviour.py tests/data/behaviour/NAME`, and say why in the commit."""
