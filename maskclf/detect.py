@@ -77,7 +77,7 @@ class DetectorConfig:
     centre_weight: float = 1.0  # choosing among faces: penalty per unit distance from the image centre
     score_weight: float = 0.5  # choosing among faces: bonus per unit of probability
     det_short: int = 0  # if > 0, photos are decoded so their shorter side is at most this many pixels before detection (faster, lower recall: see the table)
-    version: int = 3  # bump when the detection code changes the boxes (3: NMS kept within each photo of a batch)
+    version: int = 4  # bump when the detection code changes the boxes (3: NMS kept within each photo of a batch; 4: whole pixels)
 
     def __post_init__(self):  # retries written as plain tuples (thresholds, min_face, factor[, ...]) become named passes
         object.__setattr__(self, 'retries', tuple(DetectorPass(*r) for r in self.retries))
@@ -333,6 +333,10 @@ def detect_faces(paths, # photo files
                 res[idx[got]] = rows[got]  # a later pass replaces a small face of an earlier one
                 todo += idx[~sure].tolist()
                 bar.update(len(idx))
+    # Whole pixels: MTCNN's sums depend on which photos share a batch, so one photo's box moved by up to 3e-5 px between
+    # runs that detected it beside different photos, and that flipped the resampling of a few crop pixels by one level:
+    # enough to move a small fold's score (README "Scores differ between machines"). Rounded, the boxes agree.
+    res[:, :4] = res[:, :4].round()
     df = pd.DataFrame(res, columns=BOX + ['score'])
     df.insert(0, 'path', paths)
     df['source'] = np.where(df.score.notna(), 'detector', 'none')

@@ -1,13 +1,17 @@
 """Behaviour unchanged: a seeded CPU demo fold, with every config key spelled out, writes the same `oof.csv` and
-`submission.csv` as the reference in `tests/data/behaviour/`, made before the issue 12 split (commit 6bac502).
+`submission.csv` as the reference in `tests/data/behaviour/`, first made before the issue 12 split (commit 6bac502)
+and made again only where behaviour changed by design (`tests/data/behaviour/README.md` says when and why).
 
 Two runs on one machine agree to the last bit, but CPUs whose kernels sum in another order drift apart within the
 two epochs (an AMD EPYC and an Intel Xeon with AMX differ by 0.02 in probability, and in 39% of the answers). So
-there is one reference per kind of CPU, each made by the code of 6bac502 on that CPU, and its `made.json` records the
+there is one reference per kind of CPU, each made on that CPU, and its `made.json` records the
 CPU's `numerics` fingerprint (one seeded training step of the model, hashed). A rerun passes when it matches a
 reference; when it matches none, it fails against the reference with this CPU's fingerprint, or, on a CPU that has
 none, skips and says how to add one. A new torch or timm can change the fingerprint too: a skip, never a false
-failure.
+failure. The crops come from the face detector, so a reference also records the detector's settings
+(`maskclf.detect.detector_settings`), and only references made with the current settings judge a rerun: a change of
+the detector (its `version` is bumped whenever the boxes change by design) leaves a CPU without a reference, a skip,
+until a session on that CPU makes a new one.
 
 Add a reference for this CPU (only from code that behaves as the references do: check on a CPU that has one) with
 `python tests/test_behaviour.py tests/data/behaviour/NAME`, and say why in the commit."""
@@ -53,6 +57,12 @@ def run_reference(outputs: Path) -> tuple[Path, str]:
     data = demo_data_dir(n_people=N_PEOPLE)
     r = run_fold(dict(CONFIG, data_dir=str(data), run='behaviour'))
     return Path(r['fold_dir']), data_digest(data)
+
+
+def detector_now() -> dict:
+    "The current face-detector settings as JSON reads them back: what a reference's `detector` must equal."
+    from maskclf.detect import detector_settings
+    return json.loads(json.dumps(detector_settings()))
 
 
 def comparable(fold_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -110,6 +120,8 @@ def reference(rerun) -> Path:
     "The reference the rerun matches; else the one with this CPU's fingerprint (the results changed); else skip."
     made = {d: json.loads((d / 'made.json').read_text()) for d in sorted(REF.iterdir()) if (d / 'made.json').exists()}
     assert made, f'no reference under {REF}'
+    stale = {d.name: m.get('cpu') for d, m in made.items() if m.get('detector') != detector_now()}  # other boxes, other crops
+    made = {d: m for d, m in made.items() if d.name not in stale}
     for d in made:
         try: compare(rerun, d); return d
         except AssertionError: pass
@@ -117,7 +129,9 @@ def reference(rerun) -> Path:
     own = [d for d, m in made.items() if m.get('numerics') == fp]
     if own: return own[0]  # this CPU has a reference and the rerun differs from it: the tests below say how
     pytest.skip(f'no behaviour reference for this CPU ({cpu_name()}, numerics {fp}); the references are for '
-                f'{ {d.name: m.get("cpu") for d, m in made.items()} }. Add one as the module docstring says.')
+                f'{ {d.name: m.get("cpu") for d, m in made.items()} }'
+                + (f', and {stale} were made with other face-detector settings' if stale else '')
+                + '. Add one as the module docstring says.')
 
 
 def test_references_are_keyed():
@@ -150,4 +164,4 @@ if __name__ == '__main__':  # python tests/test_behaviour.py DEST: write this CP
     commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True).stdout.strip()
     (dest / 'made.json').write_text(json.dumps(dict(commit=commit, demo_digest=digest, config=CONFIG,
                                                     n_people=N_PEOPLE, torch=torch.__version__, timm=timm.__version__, cpu=cpu_name(),
-                                                    numerics=numerics_fingerprint()), indent=1) + '\n')
+                                                    numerics=numerics_fingerprint(), detector=detector_now()), indent=1) + '\n')
