@@ -19,7 +19,8 @@ from .core import HEAD_SIZES, N_CLASSES
 # %% auto #0
 __all__ = ['PACKAGE_WEIGHTS', 'HEAD_TYPES', 'LinearHead', 'ArcFaceHead', 'MultiHead', 'outputs2probs', 'package_weights_file',
            'weight_sources', 'map_by_position', 'load_package_weights', 'hub_reachable', 'hub_cached_file',
-           'read_state_dict', 'load_file_weights', 'MaskModel', 'make_head', 'create_model', 'freeze_stages']
+           'read_state_dict', 'load_file_weights', 'MaskModel', 'make_head', 'PadInputConv2d', 'pad_small_inputs',
+           'create_model', 'freeze_stages']
 
 # %% ../nbs/05_model.ipynb #2968ba8b
 class LinearHead(nn.Module):
@@ -197,6 +198,23 @@ def make_head(head: str, # 'linear', 'arcface' or 'multi'
     if head == 'multi': return MultiHead(in_features)
     raise ValueError(f'unknown head {head!r}: choose one of {HEAD_TYPES}')
 
+# %% ../nbs/05_model.ipynb #633d1261
+class PadInputConv2d(nn.Conv2d):
+    "A depthwise `nn.Conv2d` that zero-pads a CPU input itself when the kernel is taller or wider than the input."
+    def _conv_forward(self, x, weight, bias):
+        (kh, kw), (ph, pw) = self.kernel_size, self.padding
+        if x.device.type != 'cpu' or (x.shape[-2] >= kh and x.shape[-1] >= kw): return super()._conv_forward(x, weight, bias)
+        return F.conv2d(F.pad(x, (pw, pw, ph, ph)), weight, bias, self.stride, 0, self.dilation, self.groups)
+
+def pad_small_inputs(model: nn.Module) -> int:
+    "Make every zero-padded depthwise `nn.Conv2d` of `model` a `PadInputConv2d` (same weights and keys); returns how many."
+    n = 0
+    for m in model.modules():
+        if (type(m) is nn.Conv2d and m.groups == m.in_channels > 1 and isinstance(m.padding, tuple) and any(m.padding)
+                and m.padding_mode == 'zeros'):  # not timm's Conv2dSame and friends, which pad explicitly already
+            m.__class__ = PadInputConv2d; n += 1
+    return n
+
 # %% ../nbs/05_model.ipynb #c2b42021
 def create_model(name: str = 'tf_efficientnet_lite0',  # any timm model name
                  head: str = 'multi',  # 'linear' (18), 'arcface' (18) or 'multi' (mask/gender/age)
@@ -218,6 +236,7 @@ def create_model(name: str = 'tf_efficientnet_lite0',  # any timm model name
                            f'{", ".join(PACKAGE_WEIGHTS)}; or pretrained=False for random weights.')
     overlay = dict(file=str(cached)) if cached else None  # offline, from the Hugging Face cache
     backbone = timm.create_model(name, pretrained=use_hub, num_classes=0, pretrained_cfg_overlay=overlay)
+    pad_small_inputs(backbone)  # a faster CPU weight gradient where a depthwise kernel outgrows its input (above)
     model = MaskModel(backbone, make_head(head, backbone.num_features, arc_s, arc_m), drop_rate)
     if from_file: model.weight_source = load_file_weights(model, pretrained)
     elif pretrained in (True, 'True'):
