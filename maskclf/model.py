@@ -200,9 +200,11 @@ def make_head(head: str, # 'linear', 'arcface' or 'multi'
 
 # %% ../nbs/05_model.ipynb #633d1261
 class PadInputConv2d(nn.Conv2d):
-    "A depthwise `nn.Conv2d` that zero-pads a CPU input itself when the kernel is taller or wider than the input."
+    "A depthwise `nn.Conv2d` that zero-pads a CPU input itself when the (dilated) kernel is taller or wider than the input."
+    # Python control flow on shapes: `torch.jit.script` and `torch.fx` tracing do not take it (nothing here uses them)
     def _conv_forward(self, x, weight, bias):
-        (kh, kw), (ph, pw) = self.kernel_size, self.padding
+        ph, pw = self.padding
+        kh, kw = (d * (k - 1) + 1 for d, k in zip(self.dilation, self.kernel_size))  # the kernel's reach
         if x.device.type != 'cpu' or (x.shape[-2] >= kh and x.shape[-1] >= kw): return super()._conv_forward(x, weight, bias)
         return F.conv2d(F.pad(x, (pw, pw, ph, ph)), weight, bias, self.stride, 0, self.dilation, self.groups)
 
