@@ -108,11 +108,12 @@ def fold_dir_for(cfg: dict) -> Path:
     return run_folder(cfg['run']) / f"fold{cfg['fold']}"
 
 def fold_state(d) -> str:
-    "What a fold folder holds: 'new' (nothing), 'failed start' (no checkpoint), 'interrupted' (last.pt, no metrics.json), 'finished'."
+    "What a fold folder holds: 'new' (nothing), 'failed start' (no checkpoint), 'interrupted' (a checkpoint, no metrics.json), 'finished'."
     d = Path(d)
     if not d.is_dir() or not any(not f.name.startswith('.') for f in d.iterdir()): return 'new'
     if (d / 'metrics.json').exists(): return 'finished'
-    return 'interrupted' if (d / 'last.pt').exists() else 'failed start'
+    # best.pt alone: stopped between the two saves of an epoch; a trained model, so never wiped as a failed start
+    return 'interrupted' if any((d / f).exists() for f in ('last.pt', 'best.pt')) else 'failed start'
 
 def sibling_configs(d: Path) -> dict:
     "{folder name: config} of the other folds of `d`'s run that hold results, in fold order (one moved aside meanwhile: left out)."
@@ -146,9 +147,12 @@ def open_fold_dir(cfg: dict) -> Path:
                                                    f'resume; run without resume (-p resume False).')
         if state == 'finished': raise FileExistsError(f'{d} holds a finished run (metrics.json): there is nothing to resume; '
                                                       f'-p run NEW_NAME for a new run, or -p overwrite True to start again.')
+        if not (d / 'last.pt').exists(): raise FileExistsError(
+            f'{d} holds best.pt but no last.pt (stopped while saving an epoch): it cannot be resumed; -p overwrite True '
+            f'starts again (the old folder is moved aside), or -p run NEW_NAME.')
         return d
     if state == 'interrupted' and not cfg['overwrite']:
-        raise FileExistsError(f'{d} holds an interrupted run (last.pt but no metrics.json): -p resume True to continue '
+        raise FileExistsError(f'{d} holds an interrupted run (a checkpoint but no metrics.json): -p resume True to continue '
                               f'it, -p overwrite True to start again (the old folder is moved aside), or -p run NEW_NAME.')
     try: return fresh_dir(d, overwrite=cfg['overwrite'])
     except FileExistsError as e:
@@ -204,6 +208,11 @@ def make_recipe(cfg: dict, # the resolved run config
     if cfg['edge_mix'] and other is None:
         raise ValueError(f"edge_mix={cfg['edge_mix']} draws that share of the training crops from the other crop_edge rule: pass "
                          f"`other` (the same rows' crops by that rule, e.g. `other_pixels(df, cfg)`), or set edge_mix=0")
+    n_full = int((np.asarray(train_t['label'])[np.asarray(train_idx, dtype=int)] >= 0).sum())
+    if cfg['head'] != 'multi' and not n_full:  # its loss reads the 18-class label alone: it would train on nothing
+        from maskclf.data import DataError
+        raise DataError(f"head={cfg['head']!r} learns the 18-class label, and none of the {len(train_idx)} training photos has "
+                        f"all three labels (mask, gender, age): use head='multi' (the default), which learns each head it is given")
     if other is not None and len(other) != len(pixels):
         raise ValueError(f'`other` must hold the same photos as `pixels`, row for row: {len(other)} rows against {len(pixels)}')
     seed_everything(cfg['seed'])  # here, not earlier: filling the crop cache (a detector) may draw random numbers

@@ -73,8 +73,10 @@ def scored_classes(truth, # 18-class labels, or a table/dict of heads (as `head_
     return {k: [names[k][c] for c in np.unique(t[k][t[k] >= 0])] for k in ('label', *HEADS)}
 
 def selection_keys(s: dict) -> list[str]:
-    "The `score` keys that pick the best epoch: ['f1_macro'] where it is defined, else the scored heads' F1."
-    if not math.isnan(s['f1_macro']): return ['f1_macro']
+    "The `score` keys that pick the best epoch: ['f1_macro'] where every labelled photo has all three labels, else the scored heads' F1."
+    n = s.get('n_scored', 0)  # scores saved before the counts existed: the 18-class F1 wherever it is defined
+    # a few fully labelled photos among many partly labelled ones must not decide alone
+    if not math.isnan(s['f1_macro']) and all(s.get(f'n_{h}', n) == n for h in HEADS): return ['f1_macro']
     return [f'f1_{h}' for h in HEADS if not math.isnan(s[f'f1_{h}'])]
 
 def selection_metric(s: dict, # scores from `score`
