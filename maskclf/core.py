@@ -14,10 +14,10 @@ import numpy as np
 # %% auto #0
 __all__ = ['UNKNOWN', 'HEADS', 'HEAD_SIZES', 'N_CLASSES', 'MASK_NAMES', 'GENDER_NAMES', 'AGE_NAMES', 'HEAD_NAMES',
            'MASK_FILE_STEMS', 'CLASS_NAMES', 'EVAL_OLD_FROM', 'MIDDLE_FROM', 'LOCK_TRIES', 'Mask', 'Gender', 'AgeBand',
-           'encode', 'decode', 'encode_known', 'class_name', 'age2band', 'seed_everything', 'seed_worker', 'repo_root',
-           'outputs_dir', 'shared_dir', 'real_data', 'in_test', 'fresh_dir', 'keep_old', 'atomic_path', 'save_json',
-           'process_start', 'process_alive', 'clean_stale_tmp', 'FolderLockedError', 'lock_path', 'read_lock',
-           'lock_is_live', 'acquire_lock', 'release_lock', 'folder_lock', 'code_version', 'get_device']
+           'encode', 'decode', 'encode_known', 'class_name', 'age2band', 'seed_everything', 'epoch_seed', 'seed_worker',
+           'repo_root', 'outputs_dir', 'shared_dir', 'real_data', 'in_test', 'fresh_dir', 'keep_old', 'atomic_path',
+           'save_json', 'process_start', 'process_alive', 'clean_stale_tmp', 'FolderLockedError', 'lock_path',
+           'read_lock', 'lock_is_live', 'acquire_lock', 'release_lock', 'folder_lock', 'code_version', 'get_device']
 
 # %% ../nbs/00_core.ipynb #220ddf45
 class Mask(IntEnum):
@@ -88,6 +88,13 @@ def seed_everything(seed: int = 42) -> int:
     np.random.seed(seed % 2**32)  # numpy takes seeds below 2**32
     torch.manual_seed(seed)
     return seed
+
+def epoch_seed(seed: int, # the run's seed
+               epoch: int, # the epoch, from 0
+              ) -> int:
+    "The seed of one epoch's draws (order, augmentation, dropout): a hash of both numbers, below 2**32."
+    # not seed + epoch: then seed 43's epoch 0 would replay seed 42's epoch 1, and a seed ensemble would share its batches
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 def seed_worker(worker_id: int):
     "DataLoader `worker_init_fn`: seed numpy and random from the worker's torch seed."

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from .core import seed_everything, fresh_dir, atomic_path, save_json, code_version, folder_lock, clean_stale_tmp
+from .core import seed_everything, epoch_seed, fresh_dir, atomic_path, save_json, code_version, folder_lock, clean_stale_tmp
 from .config import (DEFAULT_CONFIG, resolve_config, crop_size, eval_batch_size, run_folder, check_resume_config, auto_workers,
                             absolute_paths, fold_folders, fold_config, config_differences, describe_differences, MixedRunError)
 from .metrics import (train_targets, keep_for_training, head_truth, score, selection_keys, scored_classes,
@@ -328,7 +328,7 @@ def fit_split(cfg: dict, # a run configuration (`resolve_config` fills in the re
     r = make_recipe(cfg, pixels, train_idx, val_idx, targets, targets, prec, other=other)  # what `run_fold` trains with
     model, train_dl, schedule, mix = r.model, r.train_dl, r.schedule, make_mix(cfg['mix'])
     for epoch in range(cfg['epochs']):
-        seed_everything(cfg['seed'] + epoch); reseed_loader(train_dl, cfg['seed'] + epoch)
+        s = epoch_seed(cfg['seed'], epoch); seed_everything(s); reseed_loader(train_dl, s)
         tr = train_one_epoch(model, train_dl, r.loss_fn, r.optimizer, prec, schedule, epoch, cfg['grad_clip'], mix, show)
         schedule.step_epoch(-tr['train_loss'])  # 'plateau' follows the training loss: these rows are not for choosing
     probs = framed_probs(model, [pixels, other] if cfg['tta_framing'] else [pixels], val_idx, cfg, prec, cfg['tta'],

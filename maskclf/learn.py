@@ -16,7 +16,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .core import N_CLASSES, seed_everything, atomic_path, get_device
+from .core import N_CLASSES, seed_everything, epoch_seed, atomic_path, get_device
 from .augment import tta_wrapper
 from .metrics import score, selection_metric, check_probs, NonFiniteLossError
 from .distributed import dist_info, gather_shards, unwrap, barrier
@@ -225,7 +225,7 @@ def fit(model, # the model (DDP-wrapped under torchrun)
     try:
         for epoch in range(start, cfg['epochs']):
             if start and epoch - 1 - best_epoch >= cfg['patience']: break  # resumed a run that had already stopped early
-            seed_everything(cfg['seed'] + epoch); reseed_loader(train_dl, cfg['seed'] + epoch, rank)
+            s = epoch_seed(cfg['seed'], epoch); seed_everything(s); reseed_loader(train_dl, s, rank)
             tr = train_one_epoch(model, train_dl, loss_fn, optimizer, prec, schedule, epoch=epoch, grad_clip=cfg['grad_clip'],
                                  mix=mix, show=main)
             va = validate(unwrap(model), val_dl, loss_fn, prec, show=False)

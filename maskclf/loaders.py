@@ -55,7 +55,7 @@ def dataset_attr(ds: Dataset, name: str):
     return getattr(ds, name, getattr(getattr(ds, 'ds', None), name, None))
 
 # %% ../nbs/07aa_loaders.ipynb #dbba2488
-RANK_SEED_STRIDE = 100_003  # rank r draws from seed + r * this: a prime far above any epoch count, so no two ranks or epochs share a seed
+RANK_SEED_STRIDE = 100_003  # rank r draws from (the epoch's seed) + r * this: a prime, so ranks differ in every epoch
 
 def balanced_weights(targets: dict) -> np.ndarray:
     "Sampling weight per row: 1 / size of its (mask, gender, age) group (unknown heads form their own value)."
