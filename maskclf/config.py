@@ -52,7 +52,8 @@ DEFAULT_CONFIG = dict(
     tta_framing=True,             # also predict each photo cut by the other crop_edge rule and average the two framings
                                   # (final predictions only; MEASUREMENTS.md, issue 9)
     amp=True,                     # mixed precision on a GPU (bf16 where supported, else fp16); CPU always runs fp32
-    seed=42,                      # one seed for Python, numpy, torch, the loaders and the augmentations
+    seed=42,                      # one seed for Python, numpy, torch, the loaders and the augmentations (not the
+                                  # folds: `make_folds` keeps its own, so runs of other seeds split alike and ensemble)
     num_workers=-1,               # DataLoader workers; -1 = auto (0 on CPU, up to 8 on a GPU)
     overwrite=False,              # move an existing fold folder aside instead of refusing
     resume=False,                 # continue an interrupted run from its last.pt (same config)

@@ -85,9 +85,10 @@ def parse_ages(values, # the column's text cells
     "Ages in years (NaN for empty) and the problems found."
     ages, problems = [], []
     for i, v in enumerate(values):
-        try: a = float(v) if v or not allow_empty else np.nan
+        unknown = allow_empty and not v  # only an empty cell means unknown: 'nan' or 'inf' written out is an error
+        try: a = np.nan if unknown else float(v)
         except ValueError: a = None
-        if a is None or not (np.isnan(a) or 0 <= a <= max_age):
+        if not unknown and (a is None or not 0 <= a <= max_age):
             problems.append(f'{where} line {i + 2}: age {v!r} is not a number of years between 0 and {max_age:g}')
             a = np.nan
         ages.append(a)

@@ -255,6 +255,7 @@ def run_fold(cfg: dict) -> dict:
     if resume:
         ck = load_checkpoint(fold_dir / 'last.pt', device)
         check_resume_config(ck['config'], cfg)
+        if main: save_json(cfg, fold_dir / 'config.json')  # what the fold ends with: `tta` or `epochs` may change on resume
         model.load_state_dict(ck['model']); optimizer.load_state_dict(ck['optimizer']); schedule.load_state_dict(ck['schedule'])
         if ck['scaler']: prec.scaler.load_state_dict(ck['scaler'])
         at = dict(start=ck['epoch'] + 1, best=ck['best'], best_epoch=ck['best_epoch'])

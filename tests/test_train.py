@@ -99,7 +99,9 @@ def test_resume_continues(smoke, monkeypatch):
     assert torch.load(d / 'last.pt', weights_only=True)['epoch'] == 0 and not (d / 'metrics.json').exists()
     monkeypatch.setattr(learn, 'train_one_epoch', real)
     with pytest.raises(FileNotFoundError, match='last.pt'): run_fold(dict(TINY, data_dir=data, run='never', resume=True))
-    run_fold(dict(TINY, data_dir=data, run='cut', resume=True))
+    run_fold(dict(TINY, data_dir=data, run='cut', resume=True, tta='hflip'))  # tta may change on resume: it acts at the end
+    saved = json.loads((d / 'config.json').read_text())
+    assert saved['tta'] == json.loads((d / 'metrics.json').read_text())['tta'] == 'hflip'  # config.json says what ran
     a, b = pd.read_csv(fold_dir / 'history.csv'), pd.read_csv(d / 'history.csv')
     assert b.epoch.tolist() == [0, 1]
     np.testing.assert_allclose(b.train_loss, a.train_loss, rtol=1e-4)
