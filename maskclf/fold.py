@@ -213,6 +213,9 @@ def make_recipe(cfg: dict, # the resolved run config
         from maskclf.data import DataError
         raise DataError(f"head={cfg['head']!r} learns the 18-class label, and none of the {len(train_idx)} training photos has "
                         f"all three labels (mask, gender, age): use head='multi' (the default), which learns each head it is given")
+    if cfg['head'] != 'multi' and n_full < len(train_idx) and rank == 0:
+        print(f"head={cfg['head']!r}: {len(train_idx) - n_full} of {len(train_idx)} training photos lack one of the three labels, "
+              f"so it does not learn from them (head='multi' does)", flush=True)
     if other is not None and len(other) != len(pixels):
         raise ValueError(f'`other` must hold the same photos as `pixels`, row for row: {len(other)} rows against {len(pixels)}')
     seed_everything(cfg['seed'])  # here, not earlier: filling the crop cache (a detector) may draw random numbers

@@ -50,10 +50,13 @@ def group_photos(features: np.ndarray, # one row per photo
     return np.unique(groups, return_inverse=True)[1]
 
 def group_purity(people, groups) -> dict:
-    "`purity` (share of photos in their group's majority person), `completeness` (share in their person's main group)."
-    t = pd.crosstab(np.asarray(groups), np.asarray(people))
-    return dict(purity=float(t.max(axis=1).sum() / t.values.sum()), completeness=float(t.max(axis=0).sum() / t.values.sum()),
-                n_groups=int(t.shape[0]), n_people=int(t.shape[1]))
+    "`purity` (share of photos in their group's majority person), `completeness` (share in their person's main group), over the `n_keyed` photos with a person."
+    keyed = pd.Series(list(people), dtype=object).notna().to_numpy()  # a photo without a person key cannot be checked
+    t = pd.crosstab(np.asarray(groups)[keyed], np.asarray(people, dtype=object)[keyed])
+    n = t.values.sum()
+    return dict(purity=float(t.max(axis=1).sum() / n) if n else float('nan'),
+                completeness=float(t.max(axis=0).sum() / n) if n else float('nan'),
+                n_groups=int(t.shape[0]), n_people=int(t.shape[1]), n_keyed=int(keyed.sum()))
 
 # %% ../nbs/08a_post.ipynb #5ea34d48
 def head_marginals(probs: np.ndarray) -> dict:
