@@ -14,13 +14,14 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from .core import seed_everything, epoch_seed, fresh_dir, atomic_path, save_json, code_version, folder_lock, clean_stale_tmp
+from .core import seed_everything, fresh_dir, atomic_path, save_json, code_version, folder_lock, clean_stale_tmp
 from .config import (DEFAULT_CONFIG, resolve_config, crop_size, eval_batch_size, run_folder, check_resume_config, auto_workers,
                             absolute_paths, fold_folders, fold_config, config_differences, describe_differences, MixedRunError)
 from .metrics import (train_targets, keep_for_training, head_truth, score, selection_keys, scored_classes,
                              nan_to_none, format_scores, make_oof, check_probs, NonFiniteLossError)
-from .loaders import resolve_augment_on, make_dataset, make_loader, reseed_loader, eval_loader
-from .learn import Precision, make_precision, make_optimizer, Schedule, make_mix, train_one_epoch, fit, predict_probs
+from .loaders import resolve_augment_on, make_dataset, make_loader, eval_loader
+from .learn import (Precision, make_precision, make_optimizer, Schedule, make_mix, train_one_epoch, fit, predict_probs,
+                           seed_epoch)
 from .checkpoint import build_model, load_checkpoint, load_model
 from .model import freeze_stages
 from .distributed import dist_info, setup_distributed, gather_shards, barrier, unwrap
@@ -208,14 +209,15 @@ def make_recipe(cfg: dict, # the resolved run config
     if cfg['edge_mix'] and other is None:
         raise ValueError(f"edge_mix={cfg['edge_mix']} draws that share of the training crops from the other crop_edge rule: pass "
                          f"`other` (the same rows' crops by that rule, e.g. `other_pixels(df, cfg)`), or set edge_mix=0")
-    n_full = int((np.asarray(train_t['label'])[np.asarray(train_idx, dtype=int)] >= 0).sum())
-    if cfg['head'] != 'multi' and not n_full:  # its loss reads the 18-class label alone: it would train on nothing
-        from maskclf.data import DataError
-        raise DataError(f"head={cfg['head']!r} learns the 18-class label, and none of the {len(train_idx)} training photos has "
-                        f"all three labels (mask, gender, age): use head='multi' (the default), which learns each head it is given")
-    if cfg['head'] != 'multi' and n_full < len(train_idx) and rank == 0:
-        print(f"head={cfg['head']!r}: {len(train_idx) - n_full} of {len(train_idx)} training photos lack one of the three labels, "
-              f"so it does not learn from them (head='multi' does)", flush=True)
+    if cfg['head'] != 'multi':  # its loss reads the 18-class label alone: photos without all three labels teach it nothing
+        n_full = int((np.asarray(train_t['label'])[np.asarray(train_idx, dtype=int)] >= 0).sum())
+        if not n_full:
+            from maskclf.data import DataError
+            raise DataError(f"head={cfg['head']!r} learns the 18-class label, and none of the {len(train_idx)} training photos has "
+                            f"all three labels (mask, gender, age): use head='multi' (the default), which learns each head it is given")
+        if n_full < len(train_idx) and rank == 0:
+            print(f"head={cfg['head']!r}: {len(train_idx) - n_full} of {len(train_idx)} training photos lack one of the three "
+                  f"labels, so it does not learn from them (head='multi' does)", flush=True)
     if other is not None and len(other) != len(pixels):
         raise ValueError(f'`other` must hold the same photos as `pixels`, row for row: {len(other)} rows against {len(pixels)}')
     seed_everything(cfg['seed'])  # here, not earlier: filling the crop cache (a detector) may draw random numbers
@@ -332,7 +334,7 @@ def fit_split(cfg: dict, # a run configuration (`resolve_config` fills in the re
     r = make_recipe(cfg, pixels, train_idx, val_idx, targets, targets, prec, other=other)  # what `run_fold` trains with
     model, train_dl, schedule, mix = r.model, r.train_dl, r.schedule, make_mix(cfg['mix'])
     for epoch in range(cfg['epochs']):
-        s = epoch_seed(cfg['seed'], epoch); seed_everything(s); reseed_loader(train_dl, s)
+        seed_epoch(train_dl, cfg['seed'], epoch)
         tr = train_one_epoch(model, train_dl, r.loss_fn, r.optimizer, prec, schedule, epoch, cfg['grad_clip'], mix, show)
         schedule.step_epoch(-tr['train_loss'])  # 'plateau' follows the training loss: these rows are not for choosing
     probs = framed_probs(model, [pixels, other] if cfg['tta_framing'] else [pixels], val_idx, cfg, prec, cfg['tta'],

@@ -26,7 +26,8 @@ from .report import tensorboard_writer, log_epoch, speed
 
 # %% auto #0
 __all__ = ['PLATEAU_FACTOR', 'PLATEAU_PATIENCE', 'ONECYCLE_SPARE_STEPS', 'make_optimizer', 'Schedule', 'Precision',
-           'make_precision', 'train_one_epoch', 'predict_probs', 'validate', 'make_mix', 'append_history', 'fit']
+           'make_precision', 'seed_epoch', 'train_one_epoch', 'predict_probs', 'validate', 'make_mix', 'append_history',
+           'fit']
 
 # %% ../nbs/07b_learn.ipynb #e29e22fb
 def make_optimizer(model: nn.Module, # its trainable parameters are optimised
@@ -111,6 +112,14 @@ def make_precision(device=None, amp=True) -> Precision:
 # %% ../nbs/07b_learn.ipynb #525ab3cb
 def _targets_to(y: dict, device) -> dict:
     return {k: v.to(device, non_blocking=True) for k, v in y.items()}
+
+def seed_epoch(loader: DataLoader, # the training loader, reseeded for the epoch
+               seed: int, # the run's seed
+               epoch: int, # the epoch about to run
+               rank: int = 0, # this process under DDP
+              ):
+    "Seed everything random in `epoch` (torch, numpy, Python, the loader's order and augmentations) from the run's seed and the epoch alone."
+    s = epoch_seed(seed, epoch); seed_everything(s); reseed_loader(loader, s, rank)
 
 def train_one_epoch(model, # the model (DDP-wrapped or not)
                     loader, # training batches
@@ -225,7 +234,7 @@ def fit(model, # the model (DDP-wrapped under torchrun)
     try:
         for epoch in range(start, cfg['epochs']):
             if start and epoch - 1 - best_epoch >= cfg['patience']: break  # resumed a run that had already stopped early
-            s = epoch_seed(cfg['seed'], epoch); seed_everything(s); reseed_loader(train_dl, s, rank)
+            seed_epoch(train_dl, cfg['seed'], epoch, rank)
             tr = train_one_epoch(model, train_dl, loss_fn, optimizer, prec, schedule, epoch=epoch, grad_clip=cfg['grad_clip'],
                                  mix=mix, show=main)
             va = validate(unwrap(model), val_dl, loss_fn, prec, show=False)

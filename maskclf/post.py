@@ -51,8 +51,8 @@ def group_photos(features: np.ndarray, # one row per photo
 
 def group_purity(people, groups) -> dict:
     "`purity` (share of photos in their group's majority person), `completeness` (share in their person's main group), over the `n_keyed` photos with a person."
-    keyed = pd.Series(list(people), dtype=object).notna().to_numpy()  # a photo without a person key cannot be checked
-    t = pd.crosstab(np.asarray(groups)[keyed], np.asarray(people, dtype=object)[keyed])
+    people = pd.Series(list(people), dtype=object); keyed = people.notna().to_numpy()  # a photo without a person cannot be checked
+    t = pd.crosstab(np.asarray(groups)[keyed], people[keyed].to_numpy())
     n = t.values.sum()
     return dict(purity=float(t.max(axis=1).sum() / n) if n else float('nan'),
                 completeness=float(t.max(axis=0).sum() / n) if n else float('nan'),
