@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_config.ipynb #a71713fb
 from __future__ import annotations
-import json, numbers, os
+import json, math, numbers, os
 from pathlib import Path
 
 from .core import EVAL_OLD_FROM, outputs_dir
@@ -104,7 +104,8 @@ RANGES = dict(  # key: (lowest, highest), both allowed; None: no bound. Outside 
 
 def check_ranges(cfg: dict):
     "Refuse, all in one error, whole-number keys given fractions and values outside `RANGES` (e.g. `epochs 0`)."
-    bad = [f'{k}={cfg[k]!r} must be a whole number' for k in INT_KEYS if cfg[k] != int(cfg[k])]
+    bad = [f'{k}={cfg[k]!r} must be a finite number' for k in NUMBER_KEYS if not math.isfinite(cfg[k])]  # NaN passes every range test
+    bad += [f'{k}={cfg[k]!r} must be a whole number' for k in INT_KEYS if math.isfinite(cfg[k]) and cfg[k] != int(cfg[k])]
     for k, (lo, hi) in RANGES.items():
         if (lo is not None and cfg[k] < lo) or (hi is not None and cfg[k] > hi):
             bad.append(f"{k}={cfg[k]!r} must be {'at least ' + str(lo) if hi is None else f'{lo} to {hi}'}")

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .core import N_CLASSES, save_json, get_device, fresh_dir
+from .core import N_CLASSES, save_json, get_device, fresh_dir, atomic_path, folder_lock
 from .config import resolve_config, as_bool
 from .metrics import PROB_COLS, score, scored_classes, nan_to_none, oof_probs, check_probs, class_report
 from .learn import make_precision
@@ -21,7 +21,7 @@ from .runs import run_dir, fold_status, read_config, read_oof
 from .data import has_eval, DataError, raise_problems
 
 # %% auto #0
-__all__ = ['probs_frame', 'read_photos', 'photo_problems', 'boxes_for', 'predict', 'ensemble', 'write_submission',
+__all__ = ['probs_frame', 'read_photos', 'photo_problems', 'boxes_for', 'predict', 'ensemble', 'write_submission', 'check_labels',
            'resolve_data_dir', 'read_fold_probs', 'ensemble_run']
 
 # %% ../nbs/08_infer.ipynb #9d6b5eab
@@ -135,11 +135,20 @@ def write_submission(probs, # prediction table, `(n_eval, 18)` probabilities, or
                                           f'e.g. {ev.path[missing].iloc[0]}')
         probs = oof_probs(probs)[idx[ev.path.astype(str)].to_numpy()]
     a = np.asarray(probs)
-    if a.ndim == 1: a = np.eye(N_CLASSES, dtype=np.float32)[a.astype(int)]  # labels -> one-hot
+    if a.ndim == 1: a = np.eye(N_CLASSES, dtype=np.float32)[check_labels(a, dest)]  # labels -> one-hot
     if len(a) != len(ev):
         raise DataError(f'{data_dir}: info.csv has {len(ev)} rows but {len(a)} predictions were given')
     a = check_probs(a, f'the predictions for {dest}', len(ev))  # no NaN becomes an answer
     return pd.read_csv(save_submission(ev, a, dest), dtype={'ImageID': str})
+
+def check_labels(labels, what) -> np.ndarray:
+    "`labels` as classes 0-17; one `DataError` naming the first bad rows of `what` where one is not (-1 must not become class 17)."
+    try: a = np.asarray(labels, dtype=float)
+    except (TypeError, ValueError): raise DataError(f'{what}: labels must be numbers 0-{N_CLASSES - 1}') from None
+    bad = ~(np.isfinite(a) & (a == np.round(a)) & (a >= 0) & (a < N_CLASSES))
+    if bad.any(): raise DataError(f'{what}: {bad.sum()} of {len(a)} labels are not classes 0-{N_CLASSES - 1} '
+                                  f'(rows {np.flatnonzero(bad)[:5].tolist()}: {a[bad][:5].tolist()})')
+    return a.astype(int)
 
 # %% ../nbs/08_infer.ipynb #08fa2331
 def resolve_data_dir(cfg: dict) -> Path:
@@ -176,7 +185,9 @@ def ensemble_run(run, # run name under `outputs/` or its folder
                 ) -> dict:
     "Out-of-fold scores and the fold-ensemble submission of a run, written to `<run>/ensemble/`."
     identity, overwrite = as_bool(identity, 'identity'), as_bool(overwrite, 'overwrite')  # 'false' from the command line
-    if not (isinstance(offsets, str) and offsets.lower() == 'force'): offsets = as_bool(offsets, 'offsets', "True, False or 'force'")
+    if isinstance(offsets, str) and offsets.lower() == 'force': offsets = 'force'  # 'Force' must not fall back to the guarded mode
+    else: offsets = as_bool(offsets, 'offsets', "True, False or 'force'")
+    if mask_weight and not identity: raise ValueError(f'mask_weight={mask_weight!r} acts within identity groups: add identity=True')
     d = run_dir(run); st = fold_status(d); cfg = read_config(d)
     ok = st[st.status == 'ok']
     oof = read_oof(d); tests = read_fold_probs(d, ok.folder, oof)
@@ -191,17 +202,19 @@ def ensemble_run(run, # run name under `outputs/` or its folder
         probs, test, metrics['post'] = post.apply_post(oof, test, cfg, data_dir, identity=identity, offsets=offsets,
                                                        mask_weight=mask_weight)
         metrics['oof_post'] = score(oof, probs)
-    dest = fresh_dir(Path(dest) if dest else d / 'ensemble', overwrite)
-    oof[PROB_COLS] = probs
-    oof.to_csv(dest / 'oof.csv', index=False); np.save(dest / 'test_probs.npy', test)
-    report = class_report(oof, probs); report.to_csv(dest / 'class_report.csv', index_label='class')
-    if has_eval(data_dir):
-        write_submission(test, data_dir, dest / 'submission.csv')
-        if pseudo_threshold > 0:
-            from maskclf.post import pseudo_labels
-            metrics['n_pseudo_labels'] = len(pseudo_labels(test, data_dir, dest / 'pseudo_labels.csv', pseudo_threshold))
-    else: metrics['submission'] = f'none: {data_dir} has no eval/info.csv'
-    save_json(nan_to_none(metrics), dest / 'metrics.json')  # not scored = null
+    oof[PROB_COLS] = probs; report = class_report(oof, probs); dest = Path(dest) if dest else d / 'ensemble'
+    with folder_lock(dest):  # a second ensemble of the run waits its turn instead of writing into this one's folder
+        dest = fresh_dir(dest, overwrite)
+        with atomic_path(dest / 'oof.csv') as tmp: oof.to_csv(tmp, index=False)
+        with atomic_path(dest / 'test_probs.npy') as tmp, open(tmp, 'wb') as fh: np.save(fh, test)
+        with atomic_path(dest / 'class_report.csv') as tmp: report.to_csv(tmp, index_label='class')
+        if has_eval(data_dir):
+            write_submission(test, data_dir, dest / 'submission.csv')
+            if pseudo_threshold > 0:
+                from maskclf.post import pseudo_labels
+                metrics['n_pseudo_labels'] = len(pseudo_labels(test, data_dir, dest / 'pseudo_labels.csv', pseudo_threshold))
+        else: metrics['submission'] = f'none: {data_dir} has no eval/info.csv'
+        save_json(nan_to_none(metrics), dest / 'metrics.json')  # not scored = null
     return dict(dest=dest, status=st, oof=oof, test_probs=test, metrics=metrics, class_report=report, config=cfg)
 
 # %% ../nbs/08_infer.ipynb #0350666a

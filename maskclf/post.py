@@ -12,8 +12,8 @@ from .core import N_CLASSES, HEADS, HEAD_SIZES, MASK_NAMES, GENDER_NAMES, atomic
 
 # %% auto #0
 __all__ = ['MASK_COUNTS', 'BAND_AGES', 'image_signature', 'group_photos', 'group_purity', 'head_marginals', 'pool_groups',
-           'assign_masks', 'identity_effect', 'macro_f1', 'apply_offsets', 'fit_offsets', 'cv_offsets', 'pseudo_labels',
-           'apply_post']
+           'assign_masks', 'identity_effect', 'macro_f1', 'apply_offsets', 'fit_offsets', 'cv_offsets',
+           'cross_fit_offsets', 'offset_gains', 'pseudo_labels', 'apply_post']
 
 # %% ../nbs/08a_post.ipynb #402953b7
 def image_signature(paths, # image files
@@ -38,7 +38,7 @@ def group_photos(features: np.ndarray, # one row per photo
     n = len(features)
     if n <= group_size: return np.zeros(n, int)
     f = (features - features.mean(0)) / (features.std(0) + 1e-6)
-    if f.shape[1] > 64:
+    if f.shape[1] > 64 and n > 64:  # PCA to 64 dimensions needs more than 64 photos; fewer cluster as they are
         from sklearn.decomposition import PCA
         f = PCA(64, random_state=0).fit_transform(f)
     groups = AgglomerativeClustering(n_clusters=max(1, round(n / group_size)), linkage='ward').fit_predict(f)
@@ -147,9 +147,7 @@ def fit_offsets(labels, # 18-class labels (-1 rows ignored)
     "Per-class log-probability offsets that maximise macro F1 on (`labels`, `probs`); zeros where they would not help."
     labels, probs = np.asarray(labels), np.asarray(probs); kw = dict(grid=grid, n_rounds=n_rounds, min_gain=min_gain)
     if folds is not None:  # the guard: offsets fitted without each fold must help that fold (pooled over folds)
-        folds = np.asarray(folds); after = probs.copy()
-        for f in np.unique(folds):
-            t = folds == f; after[t] = apply_offsets(probs[t], fit_offsets(labels[~t], probs[~t], **kw))
+        after = cross_fit_offsets(labels, probs, folds, guard=False, **kw)
         if macro_f1(labels, after.argmax(1)) <= macro_f1(labels, probs.argmax(1)): return np.zeros(N_CLASSES)
     k = labels >= 0; y = labels[k]
     if min_gain is None: min_gain = 2 / max(len(y), 1)  # about one photo's worth of F1: ignore smaller 'gains'
@@ -170,13 +168,28 @@ def cv_offsets(oof: pd.DataFrame, # out-of-fold table with `label`, `fold`, p0..
               ) -> pd.DataFrame:
     "Cross-validated macro F1 with and without fitted offsets: one row per held-out fold, plus 'pooled'."
     from maskclf.metrics import oof_probs
-    p = oof_probs(oof) if probs is None else np.asarray(probs); y = oof.label.to_numpy(); f = oof.fold.to_numpy()
-    after = p.copy(); rows = {}
-    for k in np.unique(f):
-        test = f == k; b = fit_offsets(y[~test], p[~test], folds=f[~test] if guard else None, **kwargs)
-        after[test] = apply_offsets(p[test], b)
-        rows[f'fold{k}'] = dict(before=macro_f1(y[test], p[test].argmax(1)), after=macro_f1(y[test], after[test].argmax(1)))
-    rows['pooled'] = dict(before=macro_f1(y, p.argmax(1)), after=macro_f1(y, after.argmax(1)))
+    p = oof_probs(oof) if probs is None else np.asarray(probs); y, f = oof.label.to_numpy(), oof.fold.to_numpy()
+    return offset_gains(y, f, p, cross_fit_offsets(y, p, f, guard, **kwargs))
+
+def cross_fit_offsets(labels, # 18-class labels (-1 rows ignored)
+                      probs, # (n, 18) out-of-fold probabilities
+                      folds, # fold per row
+                      guard: bool = True, # fit each fold's offsets with the inner guard (`fit_offsets(folds=...)`)
+                      **kwargs, # passed to `fit_offsets`
+                     ) -> np.ndarray:
+    "`probs` with each fold's rows moved by offsets fitted on the other folds: what the offsets do to photos they never saw."
+    labels, probs, folds = np.asarray(labels), np.asarray(probs), np.asarray(folds); after = probs.copy()
+    for k in np.unique(folds):
+        t = folds == k
+        after[t] = apply_offsets(probs[t], fit_offsets(labels[~t], probs[~t], folds[~t] if guard else None, **kwargs))
+    return after
+
+def offset_gains(labels, folds, before, after) -> pd.DataFrame:
+    "Macro F1 `before` and `after` offsets (probabilities), per fold and 'pooled', and their difference `gain`."
+    labels, folds = np.asarray(labels), np.asarray(folds)
+    f1 = lambda p, t: macro_f1(labels[t], np.asarray(p)[t].argmax(1))
+    rows = {f'fold{k}': dict(before=f1(before, folds == k), after=f1(after, folds == k)) for k in np.unique(folds)}
+    rows['pooled'] = dict(before=f1(before, slice(None)), after=f1(after, slice(None)))
     df = pd.DataFrame(rows).T; df['gain'] = df.after - df.before
     return df
 
@@ -207,7 +220,7 @@ def apply_post(oof: pd.DataFrame, # out-of-fold table of the run
                cfg: dict, # run config
                data_dir, # competition folder
                identity: bool = False, # pool gender and age within identity groups
-               offsets=False, # per-class macro-F1 offsets: True (applied if their cross-validated gain > 0) or 'force'
+               offsets=False, # per-class macro-F1 offsets: True (kept only if the inner cross-validation guard finds a gain) or 'force'
                weight: float = 1., # pooling strength
                mask_weight: float = 0., # strength of the 5/1/1 mask assignment within groups of seven (0: off)
               ) -> tuple:
@@ -222,13 +235,13 @@ def apply_post(oof: pd.DataFrame, # out-of-fold table of the run
             g = group_photos(image_signature(read_eval(data_dir).path)); t = pool_groups(t, g, weight)
             if mask_weight: t = assign_masks(t, g, mask_weight)
     if offsets:
-        force = offsets == 'force'
-        cv = cv_offsets(oof, p, guard=not force); b = fit_offsets(oof.label.to_numpy(), p, None if force else oof.fold.to_numpy())
-        use = bool(np.any(b != 0))
-        info['offsets'] = dict(values=[round(float(v), 3) for v in b], applied=bool(use), cv_before=float(cv.before['pooled']),
+        force = isinstance(offsets, str) and offsets.lower() == 'force'; y, f = oof.label.to_numpy(), oof.fold.to_numpy()
+        crossed = cross_fit_offsets(y, p, f, guard=not force); cv = offset_gains(y, f, p, crossed)
+        b = fit_offsets(y, p, None if force else f); use = bool(np.any(b != 0))
+        info['offsets'] = dict(values=[round(float(v), 3) for v in b], applied=use, cv_before=float(cv.before['pooled']),
                                cv_after=float(cv.after['pooled']), cv_gain=float(cv.gain['pooled']),
                                cv_gain_folds=[float(g) for g in cv.gain.drop('pooled')])
         if use:
-            p = apply_offsets(p, b)
+            p = crossed  # each out-of-fold photo scored with offsets fitted without it; eval photos get the offsets of all
             if len(t): t = apply_offsets(t, b)
     return p, t, info

@@ -49,9 +49,11 @@ def _no_eval(fold) -> bool:
     except (OSError, ValueError): return False
 
 def read_config(run) -> dict:
-    "The run config shared by its folds (from the first fold that has one), without the fold number; keys added since take the values the run used."
-    for p in sorted(run_dir(run).glob('fold*/config.json')):
-        cfg = {**LEGACY_CONFIG, **json.loads(p.read_text())}; cfg.pop('fold', None); return cfg
+    "The run config shared by its folds (from its first finished fold, else the first fold that has one), without the fold number; keys added since take the values the run used."
+    st = fold_status(run)  # a failed start or a fold moved aside (fold<k>.old-<time>) may hold another config
+    for f in [*st[st.status == 'ok'].folder, *fold_folders(run_dir(run)).values()]:
+        if (p := Path(f) / 'config.json').exists():
+            cfg = {**LEGACY_CONFIG, **json.loads(p.read_text())}; cfg.pop('fold', None); return cfg
     raise FileNotFoundError(f'{run_dir(run)}: no fold*/config.json, so this is not a run folder')
 
 # %% ../nbs/08b_runs.ipynb #8f9b8d21
@@ -86,8 +88,10 @@ def run_summary(run) -> dict:
     s = score(oof, oof_probs(oof)); ens = run_dir(run) / 'ensemble' / 'metrics.json'
     s['selection'] = selection_metric(s)  # f1_macro, or the scored heads' mean on partial labels
     s['selected_by'] = '+'.join(selection_keys(s)) or None  # runs on other labels are ranked apart (`compare_runs`)
-    post = json.loads(ens.read_text()).get('oof_post', {}) if ens.exists() else {}
-    if post: s['f1_macro_post'] = post['f1_macro']  # after the ensemble's post-processing (identity, offsets)
+    e = json.loads(ens.read_text()) if ens.exists() else {}
+    same_folds = [f['fold'] for f in e.get('folds', []) if f['status'] == 'ok'] == st.fold[st.status == 'ok'].tolist()
+    if e.get('oof_post') and same_folds and e.get('n_oof') == len(oof):  # an ensemble of other folds would be stale
+        s['f1_macro_post'] = e['oof_post']['f1_macro']  # after the ensemble's post-processing (identity, offsets)
     return dict(config=read_config(run), folds_ok=int((st.status == 'ok').sum()), folds_expected=len(st), n_oof=len(oof), **s)
 
 def compare_runs(root=None, # folder holding the runs; default `outputs/`
