@@ -22,10 +22,10 @@ __all__ = ['FOLD_FILES', 'IGNORED_PARAMS', 'run_dir', 'fold_status', 'read_confi
 FOLD_FILES = ('config.json', 'oof.csv', 'test_probs.npy')  # what a finished fold must hold (test_probs: if it had eval photos)
 
 def run_dir(run) -> Path:
-    "The folder of a run: a path, or a run name under `outputs/` (where training writes it; else a folder of that name here)."
+    "The folder of a run: an absolute path, or a run name under `outputs/` (where training writes it, `-p run exp/v1` too; else that folder here)."
     p = Path(run)
-    if p.is_absolute() or len(p.parts) > 1: return p
-    named = run_folder(str(run))  # a bare name is the run training wrote, even beside a folder of that name in the cwd
+    if p.is_absolute(): return p
+    named = run_folder(str(run))  # a run name is the run training wrote, even beside a folder of that name in the cwd
     return named if named.is_dir() or not p.is_dir() else p
 
 def fold_status(run, n_folds: int | None = None) -> pd.DataFrame:
