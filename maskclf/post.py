@@ -184,7 +184,11 @@ def cross_fit_offsets(labels, # 18-class labels (-1 rows ignored)
         after[t] = apply_offsets(probs[t], fit_offsets(labels[~t], probs[~t], folds[~t] if guard else None, **kwargs))
     return after
 
-def offset_gains(labels, folds, before, after) -> pd.DataFrame:
+def offset_gains(labels, # 18-class labels (-1 rows ignored)
+                 folds, # fold per row
+                 before, # (n, 18) probabilities without offsets
+                 after, # (n, 18) the same rows with offsets
+                ) -> pd.DataFrame:
     "Macro F1 `before` and `after` offsets (probabilities), per fold and 'pooled', and their difference `gain`."
     labels, folds = np.asarray(labels), np.asarray(folds)
     f1 = lambda p, t: macro_f1(labels[t], np.asarray(p)[t].argmax(1))
