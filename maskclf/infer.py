@@ -185,8 +185,8 @@ def ensemble_run(run, # run name under `outputs/` or its folder
                 ) -> dict:
     "Out-of-fold scores and the fold-ensemble submission of a run, written to `<run>/ensemble/`."
     identity, overwrite = as_bool(identity, 'identity'), as_bool(overwrite, 'overwrite')  # 'false' from the command line
-    if isinstance(offsets, str) and offsets.lower() == 'force': offsets = 'force'  # 'Force' must not fall back to the guarded mode
-    else: offsets = as_bool(offsets, 'offsets', "True, False or 'force'")
+    from maskclf.post import offsets_mode
+    offsets = offsets_mode(offsets)  # checked before any work
     if mask_weight and not identity: raise ValueError(f'mask_weight={mask_weight!r} acts within identity groups: add identity=True')
     d = run_dir(run); st = fold_status(d); cfg = read_config(d)
     ok = st[st.status == 'ok']

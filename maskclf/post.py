@@ -13,7 +13,7 @@ from .core import N_CLASSES, HEADS, HEAD_SIZES, MASK_NAMES, GENDER_NAMES, atomic
 # %% auto #0
 __all__ = ['MASK_COUNTS', 'BAND_AGES', 'image_signature', 'group_photos', 'group_purity', 'head_marginals', 'pool_groups',
            'assign_masks', 'identity_effect', 'macro_f1', 'apply_offsets', 'fit_offsets', 'cv_offsets',
-           'cross_fit_offsets', 'offset_gains', 'pseudo_labels', 'apply_post']
+           'cross_fit_offsets', 'offset_gains', 'pseudo_labels', 'offsets_mode', 'apply_post']
 
 # %% ../nbs/08a_post.ipynb #402953b7
 def image_signature(paths, # image files
@@ -219,6 +219,12 @@ def pseudo_labels(probs, # (n_eval, 18) eval probabilities in `info.csv` order
     return df
 
 # %% ../nbs/08a_post.ipynb #50f5d472
+def offsets_mode(offsets) -> bool | str:
+    "`offsets` as `apply_post` reads it: False, True (guarded) or 'force' (any case: 'Force' must not mean the guarded mode)."
+    from maskclf.config import as_bool
+    if isinstance(offsets, str) and offsets.lower() == 'force': return 'force'
+    return as_bool(offsets, 'offsets', "True, False or 'force'")
+
 def apply_post(oof: pd.DataFrame, # out-of-fold table of the run
                test_probs, # (n_eval, 18) eval probabilities in info.csv order
                cfg: dict, # run config
@@ -231,7 +237,7 @@ def apply_post(oof: pd.DataFrame, # out-of-fold table of the run
     "(out-of-fold probabilities, eval probabilities, info dict) after the chosen post-processing."
     from maskclf.metrics import oof_probs
     from maskclf.data import read_eval
-    p, t, info = oof_probs(oof), np.asarray(test_probs), {}
+    p, t, info, offsets = oof_probs(oof), np.asarray(test_probs), {}, offsets_mode(offsets)
     if identity:
         eff = identity_effect(oof, weight=weight, mask_weight=mask_weight); p = eff.pop('probs'); eff.pop('groups')
         info['identity'] = eff
@@ -239,7 +245,7 @@ def apply_post(oof: pd.DataFrame, # out-of-fold table of the run
             g = group_photos(image_signature(read_eval(data_dir).path)); t = pool_groups(t, g, weight)
             if mask_weight: t = assign_masks(t, g, mask_weight)
     if offsets:
-        force = isinstance(offsets, str) and offsets.lower() == 'force'; y, f = oof.label.to_numpy(), oof.fold.to_numpy()
+        force = offsets == 'force'; y, f = oof.label.to_numpy(), oof.fold.to_numpy()
         crossed = cross_fit_offsets(y, p, f, guard=not force); cv = offset_gains(y, f, p, crossed)
         b = fit_offsets(y, p, None if force else f); use = bool(np.any(b != 0))
         info['offsets'] = dict(values=[round(float(v), 3) for v in b], applied=use, cv_before=float(cv.before['pooled']),
