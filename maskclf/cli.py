@@ -146,9 +146,10 @@ def run_ensemble(run: str, params: dict | None = None, quiet: bool = False) -> d
     "Execute `nbs/ensemble.ipynb` for a run; the executed notebook lands in `outputs/<run>/ensemble/` (an earlier one is moved aside)."
     rd = run_folder(run)
     params = {'overwrite': True, **(params or {})}  # a re-run replaces the ensemble; the old folder is moved aside, not deleted
-    r = run_notebook(notebook_path('ensemble.ipynb'), rd / 'logs' / 'ensemble.ipynb', dict(params, run=run),
-                     rd / 'logs' / 'ensemble.log')
     dest = rd / params.get('dest', 'ensemble')
+    name = str(params.get('dest', 'ensemble')).replace('/', '_')  # logs named after dest: two ensembles never share one
+    r = run_notebook(notebook_path('ensemble.ipynb'), rd / 'logs' / f'{name}.ipynb', dict(params, run=run),
+                     rd / 'logs' / f'{name}.log')
     if r['returncode'] == 0 and dest.is_dir():
         shutil.move(r['notebook'], dest / 'ensemble.ipynb'); r['notebook'] = str(dest / 'ensemble.ipynb')
     if not quiet:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #9a789b99
 from __future__ import annotations
-import os, json, random, socket, time
+import os, json, random, shutil, socket, time
 from contextlib import contextmanager
 from enum import IntEnum
 from pathlib import Path
@@ -15,9 +15,10 @@ import numpy as np
 __all__ = ['UNKNOWN', 'HEADS', 'HEAD_SIZES', 'N_CLASSES', 'MASK_NAMES', 'GENDER_NAMES', 'AGE_NAMES', 'HEAD_NAMES',
            'MASK_FILE_STEMS', 'CLASS_NAMES', 'EVAL_OLD_FROM', 'MIDDLE_FROM', 'LOCK_TRIES', 'Mask', 'Gender', 'AgeBand',
            'encode', 'decode', 'encode_known', 'class_name', 'age2band', 'seed_everything', 'epoch_seed', 'seed_worker',
-           'repo_root', 'outputs_dir', 'shared_dir', 'real_data', 'in_test', 'fresh_dir', 'keep_old', 'atomic_path',
-           'save_json', 'process_start', 'process_alive', 'clean_stale_tmp', 'FolderLockedError', 'lock_path',
-           'read_lock', 'lock_is_live', 'acquire_lock', 'release_lock', 'folder_lock', 'code_version', 'get_device']
+           'repo_root', 'outputs_dir', 'shared_dir', 'real_data', 'in_test', 'fresh_dir', 'holds_results', 'staged_dir',
+           'keep_old', 'atomic_path', 'save_json', 'process_start', 'process_alive', 'clean_stale_tmp',
+           'FolderLockedError', 'lock_path', 'read_lock', 'lock_is_live', 'acquire_lock', 'release_lock', 'folder_lock',
+           'code_version', 'get_device']
 
 # %% ../nbs/00_core.ipynb #220ddf45
 class Mask(IntEnum):
@@ -132,13 +133,32 @@ def in_test() -> bool:
 def fresh_dir(path, overwrite: bool = False) -> Path:
     "Create `path` for a new run; refuse a non-empty one unless `overwrite`, which moves it aside."
     path = Path(path)
-    if path.exists() and any(path.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f'{path} already holds results. Choose another run name, '
-                                  f'or pass overwrite=True to move the old folder aside.')
-        keep_old(path)
+    if holds_results(path, overwrite): keep_old(path)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+def holds_results(path, overwrite: bool = False) -> bool:
+    "Whether folder `path` holds anything; refused unless `overwrite` (then the caller moves it aside)."
+    path = Path(path)
+    if not (path.is_dir() and any(path.iterdir())): return False
+    if not overwrite: raise FileExistsError(f'{path} already holds results. Choose another run name, '
+                                            f'or pass overwrite=True to move the old folder aside.')
+    return True
+
+@contextmanager
+def staged_dir(path, overwrite: bool = False):
+    "Yield a new hidden folder beside `path` to fill; only if the block succeeds does it become `path` (an old one moved aside with `overwrite`)."
+    path = Path(path); holds_results(path, overwrite)  # refused before any work
+    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')  # `clean_stale_tmp` removes it if this process dies
+    if tmp.exists(): shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if holds_results(path, overwrite): keep_old(path)  # checked again: another process may have written it meanwhile
+        elif path.exists(): path.rmdir()
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists(): shutil.rmtree(tmp)  # a failed block leaves `path` as it was
 
 def keep_old(path) -> Path:
     "Rename a file or folder to a new `<name>.old-<time>` beside it (a file keeps its extension); returns where it went."
@@ -186,12 +206,12 @@ def process_alive(pid: int, start: str | None = None) -> bool:
 
 # %% ../nbs/00_core.ipynb #bf8df44a
 def clean_stale_tmp(folder) -> list[Path]:
-    "Delete the temporary files of `atomic_path` in `folder` whose writing process is no longer alive; returns them."
+    "Delete the temporary files of `atomic_path` (and folders of `staged_dir`) in `folder` whose writing process is no longer alive; returns them."
     gone = []
     for f in Path(folder).glob('.*.tmp*') if Path(folder).is_dir() else []:
         pid = f.name.rsplit('.tmp', 1)[1]
         if pid.isdigit() and not process_alive(int(pid)):
-            f.unlink(missing_ok=True); gone.append(f)
+            shutil.rmtree(f, ignore_errors=True) if f.is_dir() else f.unlink(missing_ok=True); gone.append(f)  # a dir: `staged_dir`
     return gone
 
 # %% ../nbs/00_core.ipynb #5561ecb6

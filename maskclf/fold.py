@@ -28,9 +28,10 @@ from .distributed import dist_info, setup_distributed, gather_shards, barrier, u
 from .report import save_figures, fold_figures, write_report
 
 # %% auto #0
-__all__ = ['load_tables', 'get_pixels', 'other_pixels', 'prediction_views', 'framed_probs', 'prepare_crops', 'fold_dir_for',
-           'fold_state', 'sibling_configs', 'check_run_agrees', 'open_fold_dir', 'locked_fold', 'trim_history',
-           'save_submission', 'Recipe', 'make_recipe', 'run_fold', 'finish_fold', 'fit_split']
+__all__ = ['NEW_RUN', 'load_tables', 'get_pixels', 'other_pixels', 'prediction_views', 'framed_probs', 'prepare_crops',
+           'fold_dir_for', 'fold_state', 'sibling_configs', 'check_run_agrees', 'check_resume_agrees', 'open_fold_dir',
+           'locked_fold', 'trim_history', 'save_submission', 'Recipe', 'make_recipe', 'run_fold', 'finish_fold',
+           'fit_split']
 
 # %% ../nbs/07e_fold.ipynb #08f2998b
 def load_tables(cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame | None]:
@@ -126,18 +127,32 @@ def sibling_configs(d: Path) -> dict:
         except (OSError, ValueError): pass  # renamed by an overwrite running beside us, or no config: nothing to agree with
     return out
 
+NEW_RUN = '-p run NEW_NAME (maskclf: --run NEW_NAME)'  # how to name another run, in both ways of running a fold
+
 def check_run_agrees(cfg: dict, d: Path):
     "Refuse to start fold folder `d` with a config other than that of its run's folds with results (they are ensembled together)."
     diffs = {name: diff for name, c in sibling_configs(d).items() if (diff := config_differences(c, cfg))}
     if not diffs: return
     msg = f'{d.parent} holds folds trained with another config ({describe_differences(diffs)}); the folds of a run are ensembled together'
-    if not cfg['overwrite']: raise MixedRunError(f'{msg}: -p run NEW_NAME for this config, or -p overwrite True on every fold')
+    if not cfg['overwrite']: raise MixedRunError(f'{msg}: {NEW_RUN} for this config, or -p overwrite True on every fold')
     print(f'{msg}. With overwrite this fold runs, and the ensemble refuses the run until every fold has this config.', flush=True)
+
+def check_resume_agrees(cfg: dict, d: Path):
+    "Refuse a resume of fold folder `d` that changes a key (`patience`, `tta`, ...) its run's other folds would then disagree on."
+    try: changed = config_differences(fold_config(d), cfg)  # what this resume changes (nothing: the run stays as it was)
+    except (OSError, ValueError): return  # no config.json: `run_fold` writes this one
+    diffs = {name: diff for name, c in sibling_configs(d).items()
+             if (diff := {k: v for k, v in config_differences(c, cfg).items() if k in changed})}
+    if diffs: raise MixedRunError(
+        f"{d}: resuming with {', '.join(f'{k}={cfg[k]!r}' for k in changed)} would make this fold differ from the other "
+        f"folds of {d.parent} ({describe_differences(diffs)}), which are ensembled with it: resume with their values, or "
+        f"start it again under {NEW_RUN}")
 
 def open_fold_dir(cfg: dict) -> Path:
     "The fold folder for `cfg`: new, a failed start reused, or an interrupted run to resume; refuses to reuse results or mix two runs."
     d = fold_dir_for(cfg); clean_stale_tmp(d); state = fold_state(d)  # litter of a killed save goes first
-    if not (cfg['resume'] and state == 'interrupted'): check_run_agrees(cfg, d)  # a resume keeps the config it started with
+    if cfg['resume'] and state == 'interrupted': check_resume_agrees(cfg, d)
+    else: check_run_agrees(cfg, d)
     if state == 'failed start' and not cfg['overwrite']:  # config/history but no checkpoint: nothing to keep or continue
         print(f"{d} holds a failed start ({', '.join(sorted(f.name for f in d.iterdir()))}; no checkpoint): reusing it, "
               f"starting at epoch 0" + (' (there is nothing to resume)' if cfg['resume'] else ''), flush=True)
@@ -147,17 +162,17 @@ def open_fold_dir(cfg: dict) -> Path:
         if state == 'new': raise FileNotFoundError(f'resume=True but {d / "last.pt"} does not exist: there is nothing to '
                                                    f'resume; run without resume (-p resume False).')
         if state == 'finished': raise FileExistsError(f'{d} holds a finished run (metrics.json): there is nothing to resume; '
-                                                      f'-p run NEW_NAME for a new run, or -p overwrite True to start again.')
+                                                      f'{NEW_RUN} for a new run, or -p overwrite True to start again.')
         if not (d / 'last.pt').exists(): raise FileExistsError(
             f'{d} holds best.pt but no last.pt (stopped while saving an epoch): it cannot be resumed; -p overwrite True '
-            f'starts again (the old folder is moved aside), or -p run NEW_NAME.')
+            f'starts again (the old folder is moved aside), or {NEW_RUN}.')
         return d
     if state == 'interrupted' and not cfg['overwrite']:
         raise FileExistsError(f'{d} holds an interrupted run (a checkpoint but no metrics.json): -p resume True to continue '
-                              f'it, -p overwrite True to start again (the old folder is moved aside), or -p run NEW_NAME.')
+                              f'it, -p overwrite True to start again (the old folder is moved aside), or {NEW_RUN}.')
     try: return fresh_dir(d, overwrite=cfg['overwrite'])
     except FileExistsError as e:
-        raise FileExistsError(f"{e} (papermill: -p run NEW_NAME, or -p overwrite True)") from None
+        raise FileExistsError(f"{e} ({NEW_RUN}, or -p overwrite True)") from None
 
 def locked_fold(run):
     "Decorate `run_fold`: the main process holds the fold folder's lock from before opening it until the run ends or fails."

@@ -11,13 +11,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .core import N_CLASSES, save_json, get_device, fresh_dir, atomic_path, folder_lock
+from .core import N_CLASSES, save_json, get_device, folder_lock, staged_dir
 from .config import resolve_config, as_bool
 from .metrics import PROB_COLS, score, scored_classes, nan_to_none, oof_probs, check_probs, class_report
 from .learn import make_precision
 from .checkpoint import CheckpointError, load_checkpoint, load_model
 from .fold import prediction_views, framed_probs, save_submission
-from .runs import run_dir, fold_status, read_config, read_oof
+from .runs import run_dir, run_name, fold_status, read_config, read_oof
 from .data import has_eval, DataError, raise_problems
 
 # %% auto #0
@@ -39,9 +39,10 @@ def read_photos(data) -> pd.DataFrame:
     from maskclf import data as D
     if isinstance(data, pd.DataFrame): return data.reset_index(drop=True)
     if isinstance(data, (list, tuple)): return pd.DataFrame({'path': [str(Path(p).resolve()) for p in data]})
-    p = Path(data)
+    p = Path(data).expanduser()
+    if p.is_dir() and not D.has_eval(p) and (p / 'labels.csv').is_file(): p = p / 'labels.csv'  # as `read_dataset` takes it
     if p.is_dir(): return D.read_eval(p)
-    if p.suffix == '.csv': return D.read_labels_csv(p)
+    if p.suffix.lower() == '.csv': return D.read_labels_csv(p)
     raise D.DataError(f'{p}: expected a competition folder, a labels CSV, or a list of image paths')
 
 def photo_problems(paths, # image files
@@ -182,6 +183,7 @@ def ensemble_run(run, # run name under `outputs/` or its folder
                  pseudo_threshold: float = 0., # > 0: also write `pseudo_labels.csv` (heads at least this sure)
                  dest=None, # output folder; default `<run>/ensemble`
                  overwrite: bool = False, # move an existing ensemble folder aside instead of refusing
+                 report: bool = True, # also save the figures and `report.html` (`maskclf.report.ensemble_report`)
                 ) -> dict:
     "Out-of-fold scores and the fold-ensemble submission of a run, written to `<run>/ensemble/`."
     identity, overwrite = as_bool(identity, 'identity'), as_bool(overwrite, 'overwrite')  # 'false' from the command line
@@ -193,7 +195,7 @@ def ensemble_run(run, # run name under `outputs/` or its folder
     oof = read_oof(d); tests = read_fold_probs(d, ok.folder, oof)
     test = ensemble(tests, method) if tests else np.zeros((0, N_CLASSES), np.float32)  # no eval photos (a labels CSV)
     data_dir = Path(data_dir) if data_dir else resolve_data_dir(cfg)
-    metrics = dict(run=d.name, method=method, n_folds=len(st), n_folds_ok=len(ok), complete=len(ok) == len(st),
+    metrics = dict(run=run_name(d), method=method, n_folds=len(st), n_folds_ok=len(ok), complete=len(ok) == len(st),
                    folds=st.to_dict('records'), n_oof=len(oof), oof=score(oof, oof_probs(oof)),
                    scored=scored_classes(oof))
     probs = oof_probs(oof)
@@ -202,20 +204,24 @@ def ensemble_run(run, # run name under `outputs/` or its folder
         probs, test, metrics['post'] = post.apply_post(oof, test, cfg, data_dir, identity=identity, offsets=offsets,
                                                        mask_weight=mask_weight)
         metrics['oof_post'] = score(oof, probs)
-    oof[PROB_COLS] = probs; report = class_report(oof, probs); dest = Path(dest) if dest else d / 'ensemble'
-    with folder_lock(dest):  # a second ensemble of the run waits its turn instead of writing into this one's folder
-        dest = fresh_dir(dest, overwrite)
-        with atomic_path(dest / 'oof.csv') as tmp: oof.to_csv(tmp, index=False)
-        with atomic_path(dest / 'test_probs.npy') as tmp, open(tmp, 'wb') as fh: np.save(fh, test)
-        with atomic_path(dest / 'class_report.csv') as tmp: report.to_csv(tmp, index_label='class')
+    oof[PROB_COLS] = probs; table = class_report(oof, probs); dest = Path(dest) if dest else d / 'ensemble'
+    res = dict(dest=dest, status=st, oof=oof, test_probs=test, metrics=metrics, class_report=table, config=cfg)
+    # a second ensemble into `dest` is refused (FolderLockedError); the folder appears whole or not at all, so a
+    # failure (say a bad eval/info.csv) leaves an earlier ensemble where it was
+    with folder_lock(dest), staged_dir(dest, overwrite) as tmp:
+        np.save(tmp / 'test_probs.npy', test); oof.to_csv(tmp / 'oof.csv', index=False)
+        table.to_csv(tmp / 'class_report.csv', index_label='class')
         if has_eval(data_dir):
-            write_submission(test, data_dir, dest / 'submission.csv')
+            write_submission(test, data_dir, tmp / 'submission.csv')
             if pseudo_threshold > 0:
                 from maskclf.post import pseudo_labels
-                metrics['n_pseudo_labels'] = len(pseudo_labels(test, data_dir, dest / 'pseudo_labels.csv', pseudo_threshold))
+                metrics['n_pseudo_labels'] = len(pseudo_labels(test, data_dir, tmp / 'pseudo_labels.csv', pseudo_threshold))
         else: metrics['submission'] = f'none: {data_dir} has no eval/info.csv'
-        save_json(nan_to_none(metrics), dest / 'metrics.json')  # not scored = null
-    return dict(dest=dest, status=st, oof=oof, test_probs=test, metrics=metrics, class_report=report, config=cfg)
+        save_json(nan_to_none(metrics), tmp / 'metrics.json')  # not scored = null
+        if report:
+            from maskclf.report import ensemble_report
+            res['report'] = dest / ensemble_report({**res, 'dest': tmp}).name
+    return res
 
 # %% ../nbs/08_infer.ipynb #0350666a
 _MOVED = dict(  # module -> names that lived in `maskclf.infer` before issue 12 and still import from here

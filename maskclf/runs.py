@@ -15,8 +15,8 @@ from .config import (run_folder, fold_folders, fold_config, LEGACY_CONFIG, RUN_F
 from .metrics import score, selection_metric, selection_keys, oof_probs
 
 # %% auto #0
-__all__ = ['FOLD_FILES', 'IGNORED_PARAMS', 'run_dir', 'fold_status', 'read_config', 'read_oof', 'check_folds_agree',
-           'run_summary', 'compare_runs']
+__all__ = ['FOLD_FILES', 'IGNORED_PARAMS', 'run_dir', 'run_name', 'find_runs', 'fold_status', 'read_config', 'read_oof',
+           'check_folds_agree', 'run_summary', 'compare_runs']
 
 # %% ../nbs/08b_runs.ipynb #66599146
 FOLD_FILES = ('config.json', 'oof.csv', 'test_probs.npy')  # what a finished fold must hold (test_probs: if it had eval photos)
@@ -28,6 +28,18 @@ def run_dir(run) -> Path:
     named = run_folder(str(run))  # a run name is the run training wrote, even beside a folder of that name in the cwd
     return named if named.is_dir() or not p.is_dir() else p
 
+def run_name(d) -> str:
+    "How a run folder is named: its path under `outputs/` (`exp/v1` for a nested run), else the folder's name."
+    d, root = Path(d).resolve(), outputs_dir().resolve()
+    return d.relative_to(root).as_posix() if d.is_relative_to(root) and d != root else d.name
+
+def find_runs(root) -> list[Path]:
+    "The run folders under `root`, nested ones (`exp/v1`) too: every folder with a fold*/config.json, in name order."
+    root = Path(root)
+    if not root.is_dir(): return []
+    found = {p.parent.parent for p in root.rglob('fold*/config.json')}
+    return sorted(d for d in found if d != root and not any(r in d.parents for r in found))  # a run's own subfolders are not runs
+
 def fold_status(run, n_folds: int | None = None) -> pd.DataFrame:
     "One row per expected fold: folder, status ('ok', 'missing', 'failed: ...') and its log."
     d = run_dir(run); found = fold_folders(d)
@@ -38,8 +50,9 @@ def fold_status(run, n_folds: int | None = None) -> pd.DataFrame:
     for k in range(n_folds):
         p = found.get(k, d / f'fold{k}'); log = d / 'logs' / f'fold{k}.log'
         lacks = [f for f in FOLD_FILES if not (p / f).exists() and not (f == 'test_probs.npy' and _no_eval(p))]
-        status = ('missing' if not p.exists() else f'failed: no {", ".join(lacks)}' if lacks else
-                  'failed: interrupted (resume it)' if (p / 'last.pt').exists() and not (p / 'metrics.json').exists() else 'ok')
+        status = ('missing' if not p.exists() else  # a checkpoint without metrics.json: killed in training, before its outputs
+                  'failed: interrupted (resume it)' if (p / 'last.pt').exists() and not (p / 'metrics.json').exists() else
+                  f'failed: no {", ".join(lacks)}' if lacks else 'ok')
         rows.append(dict(fold=k, status=status, folder=str(p), log=str(log) if log.exists() else ''))
     return pd.DataFrame(rows, columns=['fold', 'status', 'folder', 'log'])
 
@@ -99,13 +112,13 @@ def compare_runs(root=None, # folder holding the runs; default `outputs/`
                 ) -> pd.DataFrame:
     "One row per run under `root`: the parameters that differ, folds finished, out-of-fold scores; best first among runs scored alike."
     root = Path(root) if root else outputs_dir(); rows, cfgs = [], {}
-    for d in sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []:
-        if not list(d.glob('fold*/config.json')): continue
+    for d in find_runs(root):
+        name = d.relative_to(root).as_posix()  # a nested run (`-p run exp/v1`) by its path, as it was named
         try: s = run_summary(d)
         except (FileNotFoundError, MixedRunError) as e: s = dict(config=read_config(d), error=str(e))
-        cfgs[d.name] = {k: json.dumps(v) if isinstance(v, (list, dict)) else v
-                        for k, v in s.pop('config').items() if k not in ignore}
-        rows.append(dict(run=d.name, **s))
+        cfgs[name] = {k: json.dumps(v) if isinstance(v, (list, dict)) else v
+                      for k, v in s.pop('config').items() if k not in ignore}
+        rows.append(dict(run=name, **s))
     if not rows: return pd.DataFrame(columns=['run', 'f1_macro'])
     params = pd.DataFrame.from_dict(cfgs, orient='index')
     differ = [c for c in params.columns if params[c].astype(str).nunique(dropna=False) > 1]
