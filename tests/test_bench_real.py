@@ -10,9 +10,9 @@ from maskclf.core import real_data, repo_root
 NB = repo_root() / 'nbs' / 'bench_real.ipynb'
 
 
-@pytest.mark.skipif(real_data('masks') is None or real_data('faces') is None, reason='needs ../shared/data/real')
+@pytest.mark.skipif(any(real_data(s) is None for s in ('masks', 'faces', 'selfies')), reason='needs ../shared/data/real')
 def test_recipes_share_folds_and_crops(tmp_path, monkeypatch):
-    "Each recipe records a digest of the crops and rows it was given: per task and fold they agree, across folds they differ."
+    "Both recipes run every task, fold and seed; their digests (checked in the notebook against the split cut again) agree per fold and differ across folds."
     import papermill as pm
     monkeypatch.setenv('IN_TEST', '1'); monkeypatch.setenv('MASKCLF_OUTPUTS', str(tmp_path))
     pm.execute_notebook(str(NB), str(tmp_path / 'bench_real.ipynb'), parameters=dict(folds=[0, 1], out_name='smoke'),
@@ -27,3 +27,13 @@ def test_recipes_share_folds_and_crops(tmp_path, monkeypatch):
     seeds = res[res.fold != 'pooled'].groupby(['task', 'fold', 'recipe']).seed.nunique()
     assert (seeds == 2).all(), seeds  # the smoke run repeats every fold under two seeds
     assert set(res[res.fold == 'pooled'].metric) == {'f1_mask', 'acc_mask', 'f1_gender', 'acc_gender', 'f1_age', 'acc_age'}
+
+
+def test_refuses_recipe_keys_it_does_not_use(tmp_path, monkeypatch):
+    "A recipe key the benchmark cannot honour (its own photos, rows and folds) stops it, instead of being recorded as if used."
+    import papermill as pm
+    monkeypatch.setenv('IN_TEST', '1'); monkeypatch.setenv('MASKCLF_OUTPUTS', str(tmp_path))
+    with pytest.raises(pm.PapermillExecutionError, match=r"recipe keys \['drop_boundary_ages'\] are not used here"):
+        pm.execute_notebook(str(NB), str(tmp_path / 'bench_real.ipynb'), parameters=dict(recipe={'drop_boundary_ages': [29]}),
+                            cwd=str(repo_root()), progress_bar=False, kernel_name='python3')
+    assert not (tmp_path / 'bench').exists()

@@ -1,5 +1,5 @@
 "Face detection on real photos: recall per mask state and stable crops of one person (skipped without ../shared)."
-import os, time, warnings
+import os, time
 os.environ.setdefault('NO_ALBUMENTATIONS_UPDATE', '1')
 import numpy as np
 import pandas as pd
@@ -10,7 +10,7 @@ import maskclf.detect
 from maskclf.crop import (detect_faces, complete_boxes, box_hits, person_spread, crop_cache, crop_window, tuning_half, BOX)
 from maskclf.detect import _integral_torch
 
-warnings.filterwarnings('error', module='albumentations')
+# albumentations' warnings are errors here as in every test: tests/conftest.py, `strict_albumentations`
 
 
 def _read(name):
