@@ -143,11 +143,12 @@ def prepare_crops_once(params: dict, # the folds' train.ipynb parameters
     return run_logged([sys.executable, '-c', code, json.dumps(params)], log, gpu, timeout, cwd=notebook_path('train.ipynb').parent)
 
 def run_ensemble(run: str, params: dict | None = None, quiet: bool = False) -> dict:
-    "Execute `nbs/ensemble.ipynb` for a run; the executed notebook lands in `outputs/<run>/ensemble/` (an earlier one is moved aside)."
+    "Execute `nbs/ensemble.ipynb` for a run; the executed notebook lands in its dest (`outputs/<run>/ensemble/`; an earlier one is moved aside)."
     rd = run_folder(run)
     params = {'overwrite': True, **(params or {})}  # a re-run replaces the ensemble; the old folder is moved aside, not deleted
     dest = rd / params.get('dest', 'ensemble')
-    name = str(params.get('dest', 'ensemble')).replace('/', '_')  # logs named after dest: two ensembles never share one
+    # logs named after dest: two ensembles never share one, nor share one with a fold's or the crops' log
+    name = 'ensemble' + ('' if params.get('dest', 'ensemble') == 'ensemble' else f"-{params['dest']}".replace('/', '__'))
     r = run_notebook(notebook_path('ensemble.ipynb'), rd / 'logs' / f'{name}.ipynb', dict(params, run=run),
                      rd / 'logs' / f'{name}.log')
     if r['returncode'] == 0 and dest.is_dir():

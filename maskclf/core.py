@@ -149,14 +149,18 @@ def holds_results(path, overwrite: bool = False) -> bool:
 def staged_dir(path, overwrite: bool = False):
     "Yield a new hidden folder beside `path` to fill; only if the block succeeds does it become `path` (an old one moved aside with `overwrite`)."
     path = Path(path); holds_results(path, overwrite)  # refused before any work
-    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')  # `clean_stale_tmp` removes it if this process dies
+    # named by process and host: `clean_stale_tmp` removes it once this process has died, and never from another machine
+    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}-{socket.gethostname()}')
     if tmp.exists(): shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
         yield tmp
-        if holds_results(path, overwrite): keep_old(path)  # checked again: another process may have written it meanwhile
-        elif path.exists(): path.rmdir()
-        os.replace(tmp, path)
+        aside = keep_old(path) if holds_results(path, overwrite) else None  # checked again: another process may have written it
+        if aside is None and path.exists(): path.rmdir()
+        try: os.replace(tmp, path)
+        except OSError:
+            if aside is not None: aside.rename(path)  # the earlier folder back in its place
+            raise
     finally:
         if tmp.exists(): shutil.rmtree(tmp)  # a failed block leaves `path` as it was
 
@@ -209,8 +213,8 @@ def clean_stale_tmp(folder) -> list[Path]:
     "Delete the temporary files of `atomic_path` (and folders of `staged_dir`) in `folder` whose writing process is no longer alive; returns them."
     gone = []
     for f in Path(folder).glob('.*.tmp*') if Path(folder).is_dir() else []:
-        pid = f.name.rsplit('.tmp', 1)[1]
-        if pid.isdigit() and not process_alive(int(pid)):
+        pid, _, host = f.name.rsplit('.tmp', 1)[1].partition('-')  # `staged_dir` adds the host: '<pid>-<host>'
+        if pid.isdigit() and host in ('', socket.gethostname()) and not process_alive(int(pid)):
             shutil.rmtree(f, ignore_errors=True) if f.is_dir() else f.unlink(missing_ok=True); gone.append(f)  # a dir: `staged_dir`
     return gone
 

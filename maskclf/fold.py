@@ -140,13 +140,15 @@ def check_run_agrees(cfg: dict, d: Path):
 def check_resume_agrees(cfg: dict, d: Path):
     "Refuse a resume of fold folder `d` that changes a key (`patience`, `tta`, ...) its run's other folds would then disagree on."
     try: changed = config_differences(fold_config(d), cfg)  # what this resume changes (nothing: the run stays as it was)
-    except (OSError, ValueError): return  # no config.json: `run_fold` writes this one
+    except (OSError, ValueError): return check_run_agrees(cfg, d)  # no readable config.json: the whole config must agree
     diffs = {name: diff for name, c in sibling_configs(d).items()
              if (diff := {k: v for k, v in config_differences(c, cfg).items() if k in changed})}
-    if diffs: raise MixedRunError(
-        f"{d}: resuming with {', '.join(f'{k}={cfg[k]!r}' for k in changed)} would make this fold differ from the other "
-        f"folds of {d.parent} ({describe_differences(diffs)}), which are ensembled with it: resume with their values, or "
-        f"start it again under {NEW_RUN}")
+    if not diffs: return
+    msg = (f"{d}: resuming with {', '.join(f'{k}={cfg[k]!r}' for k in changed)} would make this fold differ from the other "
+           f"folds of {d.parent} ({describe_differences(diffs)}), which are ensembled with it")
+    if not cfg['overwrite']: raise MixedRunError(f'{msg}: resume with their values, start it again under {NEW_RUN}, or '
+                                                 f'-p overwrite True on every fold you resume this way')
+    print(f'{msg}. With overwrite it resumes, and the ensemble refuses the run until every fold has this config.', flush=True)
 
 def open_fold_dir(cfg: dict) -> Path:
     "The fold folder for `cfg`: new, a failed start reused, or an interrupted run to resume; refuses to reuse results or mix two runs."

@@ -4,12 +4,12 @@
 
 # %% ../nbs/08b_runs.ipynb #89ae7030
 from __future__ import annotations
-import json
+import json, os
 from pathlib import Path
 
 import pandas as pd
 
-from .core import outputs_dir
+from .core import outputs_dir, read_lock, lock_is_live
 from .config import (run_folder, fold_folders, fold_config, LEGACY_CONFIG, RUN_FREE, config_differences, describe_differences,
                             MixedRunError)
 from .metrics import score, selection_metric, selection_keys, oof_probs
@@ -35,10 +35,13 @@ def run_name(d) -> str:
 
 def find_runs(root) -> list[Path]:
     "The run folders under `root`, nested ones (`exp/v1`) too: every folder with a fold*/config.json, in name order."
-    root = Path(root)
-    if not root.is_dir(): return []
-    found = {p.parent.parent for p in root.rglob('fold*/config.json')}
-    return sorted(d for d in found if d != root and not any(r in d.parents for r in found))  # a run's own subfolders are not runs
+    found, seen = [], set()
+    for here, subdirs, _ in os.walk(root, followlinks=True):  # a run linked in from another disk counts too
+        if (real := os.path.realpath(here)) in seen: subdirs[:] = []; continue  # a link loop, or a folder reached twice
+        seen.add(real)
+        if Path(here) != Path(root) and any(s.startswith('fold') and os.path.isfile(os.path.join(here, s, 'config.json')) for s in subdirs):
+            found.append(Path(here))
+    return sorted(found)
 
 def fold_status(run, n_folds: int | None = None) -> pd.DataFrame:
     "One row per expected fold: folder, status ('ok', 'missing', 'failed: ...') and its log."
@@ -50,7 +53,8 @@ def fold_status(run, n_folds: int | None = None) -> pd.DataFrame:
     for k in range(n_folds):
         p = found.get(k, d / f'fold{k}'); log = d / 'logs' / f'fold{k}.log'
         lacks = [f for f in FOLD_FILES if not (p / f).exists() and not (f == 'test_probs.npy' and _no_eval(p))]
-        status = ('missing' if not p.exists() else  # a checkpoint without metrics.json: killed in training, before its outputs
+        status = ('missing' if not p.exists() else 'running' if lock_is_live(read_lock(p)) else  # its lock is held
+                  # a checkpoint without metrics.json: killed in training, before its outputs
                   'failed: interrupted (resume it)' if (p / 'last.pt').exists() and not (p / 'metrics.json').exists() else
                   f'failed: no {", ".join(lacks)}' if lacks else 'ok')
         rows.append(dict(fold=k, status=status, folder=str(p), log=str(log) if log.exists() else ''))

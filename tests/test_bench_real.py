@@ -12,7 +12,7 @@ NB = repo_root() / 'nbs' / 'bench_real.ipynb'
 
 @pytest.mark.skipif(any(real_data(s) is None for s in ('masks', 'faces', 'selfies')), reason='needs ../shared/data/real')
 def test_recipes_share_folds_and_crops(tmp_path, monkeypatch):
-    "Both recipes run every task, fold and seed; their digests (checked in the notebook against the split cut again) agree per fold and differ across folds."
+    "Both recipes run every task, fold and seed; their digests (checked in the notebook against the split read again) agree per fold and differ across folds."
     import papermill as pm
     monkeypatch.setenv('IN_TEST', '1'); monkeypatch.setenv('MASKCLF_OUTPUTS', str(tmp_path))
     pm.execute_notebook(str(NB), str(tmp_path / 'bench_real.ipynb'), parameters=dict(folds=[0, 1], out_name='smoke'),

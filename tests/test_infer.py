@@ -75,6 +75,11 @@ def test_all_folds_command_makes_an_ensemble_submission(run_name, demo_dir):
     assert json.loads((rd / 'ensemble' / 'metrics.json').read_text())['method'] == 'vote'
     aside = list(rd.glob('ensemble.old-*'))
     assert len(aside) == 1 and json.loads((aside[0] / 'metrics.json').read_text())['method'] == 'mean'
+    # another dest: its own folder and its own log, beside the first ensemble's (which stays as it was)
+    _run([sys.executable, '-m', 'maskclf.cli', 'ensemble', '--run', run_name, '-p', 'dest', 'ens_vote', '-p', 'method', 'vote'],
+         timeout=200)
+    assert (rd / 'ens_vote' / 'ensemble.ipynb').exists() and (rd / 'logs' / 'ensemble-ens_vote.log').exists()
+    assert (rd / 'logs' / 'ensemble.log').exists() and len(list(rd.glob('ensemble.old-*'))) == 1
 
 
 def test_ddp_two_processes_gloo(run_name):
