@@ -53,9 +53,11 @@ def fold_status(run, n_folds: int | None = None) -> pd.DataFrame:
     for k in range(n_folds):
         p = found.get(k, d / f'fold{k}'); log = d / 'logs' / f'fold{k}.log'
         lacks = [f for f in FOLD_FILES if not (p / f).exists() and not (f == 'test_probs.npy' and _no_eval(p))]
-        status = ('missing' if not p.exists() else 'running' if lock_is_live(read_lock(p)) else  # its lock is held
+        done = (p / 'metrics.json').exists()
+        # held by a live lock and not finished: running (a finished fold counts, even beside a lock copied from elsewhere)
+        status = ('missing' if not p.exists() else 'running' if not done and lacks and lock_is_live(read_lock(p)) else
                   # a checkpoint without metrics.json: killed in training, before its outputs
-                  'failed: interrupted (resume it)' if (p / 'last.pt').exists() and not (p / 'metrics.json').exists() else
+                  'failed: interrupted (resume it)' if (p / 'last.pt').exists() and not done else
                   f'failed: no {", ".join(lacks)}' if lacks else 'ok')
         rows.append(dict(fold=k, status=status, folder=str(p), log=str(log) if log.exists() else ''))
     return pd.DataFrame(rows, columns=['fold', 'status', 'folder', 'log'])
