@@ -146,9 +146,9 @@ def run_ensemble(run: str, params: dict | None = None, quiet: bool = False) -> d
     "Execute `nbs/ensemble.ipynb` for a run; the executed notebook lands in its dest (`outputs/<run>/ensemble/`; an earlier one is moved aside)."
     rd = run_folder(run)
     params = {'overwrite': True, **(params or {})}  # a re-run replaces the ensemble; the old folder is moved aside, not deleted
-    dest = rd / params.get('dest', 'ensemble')
+    where = params.get('dest', 'ensemble'); dest = rd / where
     # logs named after dest: two ensembles never share one, nor share one with a fold's or the crops' log
-    name = 'ensemble' + ('' if params.get('dest', 'ensemble') == 'ensemble' else f"-{params['dest']}".replace('/', '__'))
+    name = 'ensemble' if where == 'ensemble' else f'ensemble-{where}'.replace('/', '__')
     r = run_notebook(notebook_path('ensemble.ipynb'), rd / 'logs' / f'{name}.ipynb', dict(params, run=run),
                      rd / 'logs' / f'{name}.log')
     if r['returncode'] == 0 and dest.is_dir():

@@ -129,26 +129,24 @@ def sibling_configs(d: Path) -> dict:
 
 NEW_RUN = '-p run NEW_NAME (maskclf: --run NEW_NAME)'  # how to name another run, in both ways of running a fold
 
-def check_run_agrees(cfg: dict, d: Path):
-    "Refuse to start fold folder `d` with a config other than that of its run's folds with results (they are ensembled together)."
-    diffs = {name: diff for name, c in sibling_configs(d).items() if (diff := config_differences(c, cfg))}
+def check_run_agrees(cfg: dict, d: Path, changed: dict | None = None):
+    "Refuse to start fold folder `d` (or, given what a resume `changed`, resume it) with a config its run's other folds do not share."
+    diffs = {name: diff for name, c in sibling_configs(d).items()  # a resume answers only for the keys it changes
+             if (diff := {k: v for k, v in config_differences(c, cfg).items() if changed is None or k in changed})}
     if not diffs: return
-    msg = f'{d.parent} holds folds trained with another config ({describe_differences(diffs)}); the folds of a run are ensembled together'
-    if not cfg['overwrite']: raise MixedRunError(f'{msg}: {NEW_RUN} for this config, or -p overwrite True on every fold')
+    if changed is None: msg, fix = (f'{d.parent} holds folds trained with another config ({describe_differences(diffs)}); the '
+                                    f'folds of a run are ensembled together', f'{NEW_RUN} for this config, or -p overwrite True on every fold')
+    else: msg, fix = (f"{d}: resuming with {', '.join(f'{k}={cfg[k]!r}' for k in changed)} would make this fold differ from the "
+                      f"other folds of {d.parent} ({describe_differences(diffs)}), which are ensembled with it",
+                      f'resume with their values, start it again under {NEW_RUN}, or -p overwrite True on every fold you resume this way')
+    if not cfg['overwrite']: raise MixedRunError(f'{msg}: {fix}')
     print(f'{msg}. With overwrite this fold runs, and the ensemble refuses the run until every fold has this config.', flush=True)
 
 def check_resume_agrees(cfg: dict, d: Path):
     "Refuse a resume of fold folder `d` that changes a key (`patience`, `tta`, ...) its run's other folds would then disagree on."
     try: changed = config_differences(fold_config(d), cfg)  # what this resume changes (nothing: the run stays as it was)
-    except (OSError, ValueError): return check_run_agrees(cfg, d)  # no readable config.json: the whole config must agree
-    diffs = {name: diff for name, c in sibling_configs(d).items()
-             if (diff := {k: v for k, v in config_differences(c, cfg).items() if k in changed})}
-    if not diffs: return
-    msg = (f"{d}: resuming with {', '.join(f'{k}={cfg[k]!r}' for k in changed)} would make this fold differ from the other "
-           f"folds of {d.parent} ({describe_differences(diffs)}), which are ensembled with it")
-    if not cfg['overwrite']: raise MixedRunError(f'{msg}: resume with their values, start it again under {NEW_RUN}, or '
-                                                 f'-p overwrite True on every fold you resume this way')
-    print(f'{msg}. With overwrite it resumes, and the ensemble refuses the run until every fold has this config.', flush=True)
+    except (OSError, ValueError): changed = None  # no readable config.json: the whole config must agree
+    if changed != {}: check_run_agrees(cfg, d, changed)
 
 def open_fold_dir(cfg: dict) -> Path:
     "The fold folder for `cfg`: new, a failed start reused, or an interrupted run to resume; refuses to reuse results or mix two runs."

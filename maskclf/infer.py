@@ -40,9 +40,8 @@ def read_photos(data) -> pd.DataFrame:
     if isinstance(data, pd.DataFrame): return data.reset_index(drop=True)
     if isinstance(data, (list, tuple)): return pd.DataFrame({'path': [str(Path(p).resolve()) for p in data]})
     p = Path(data).expanduser()
-    if p.is_dir() and not D.has_eval(p) and (p / 'labels.csv').is_file(): p = p / 'labels.csv'  # as `read_dataset` takes it
-    if p.is_dir(): return D.read_eval(p)
-    if p.suffix.lower() == '.csv': return D.read_labels_csv(p)
+    if p.is_dir() and (D.has_eval(p) or not (p / 'labels.csv').is_file()): return D.read_eval(p)  # names a missing info.csv
+    if p.is_dir() or p.suffix.lower() == '.csv': return D.read_dataset(p)  # a labels CSV, or the folder holding labels.csv
     raise D.DataError(f'{p}: expected a competition folder, a labels CSV, or a list of image paths')
 
 def photo_problems(paths, # image files

@@ -10,16 +10,11 @@ os.environ.setdefault('NO_ALBUMENTATIONS_UPDATE', '1')
 def strict_albumentations():
     "Albumentations warnings fail the tests: those raised inside it, and the argument check it attributes to our code."
     with warnings.catch_warnings():
-        strict_albumentations_filters()
+        warnings.filterwarnings('error', module='albumentations')
+        # an argument albumentations 2 does not take (renamed, removed: e.g. GaussNoise's var_limit) warns with
+        # stacklevel=2, so the warning is attributed to the caller (maskclf.augment) and the module filter never sees it
+        warnings.filterwarnings('error', message=r"Argument\(s\) .* not valid for transform")
         yield
-
-
-def strict_albumentations_filters():
-    "Turn albumentations' warnings into errors."
-    warnings.filterwarnings('error', module='albumentations')
-    # an argument albumentations 2 does not take (renamed, removed: e.g. GaussNoise's var_limit) warns with stacklevel=2,
-    # so the warning is attributed to the caller (maskclf.augment) and the module filter above never sees it
-    warnings.filterwarnings('error', message=r"Argument\(s\) .* not valid for transform")
 
 
 @pytest.fixture(scope='module')
