@@ -14,8 +14,9 @@ from .core import repo_root, outputs_dir, keep_old
 from .config import run_folder, absolute_paths, PATH_PARAMS  # the last two lived here: `maskclf.cli.X` still works
 
 # %% auto #0
-__all__ = ['parse_value', 'parse_params', 'gpu_slots', 'child_env', 'run_notebook', 'run_logged', 'log_tail', 'notebook_path',
-           'run_folds', 'prepare_crops_once', 'run_ensemble', 'train_fold', 'unknown_params', 'notebook_params', 'main']
+__all__ = ['OWN_FLAGS', 'parse_value', 'parse_params', 'gpu_slots', 'child_env', 'run_notebook', 'run_logged', 'log_tail',
+           'notebook_path', 'run_folds', 'prepare_crops_once', 'run_ensemble', 'train_fold', 'unknown_params',
+           'notebook_params', 'main']
 
 # %% ../nbs/09_cli.ipynb #a08fd1a3
 def parse_value(text: str):
@@ -212,11 +213,14 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument('--root', help='folder holding the runs (default outputs/)')
     return ap
 
+OWN_FLAGS = dict(folds='--run, --folds and --n-folds', train='--run, --fold and --n-folds',  # what -p must not set
+                 ensemble='--run (the run decides its folds)')
+
 def main(argv=None) -> int:
     "Entry point of the `maskclf` command."
     ap = _parser(); a = ap.parse_args(argv); params = parse_params(getattr(a, 'param', None))
     taken = sorted({'run', 'fold', 'n_folds'} & set(params))  # the flags set these: a -p copy would be overridden unseen
-    if taken: ap.error(f"{', '.join(taken)}: give these as --run, --fold and --n-folds, not -p")
+    if taken: ap.error(f"{', '.join(taken)}: not -p; `maskclf {a.command}` takes {OWN_FLAGS[a.command]}")
     if a.command in ('folds', 'train', 'ensemble'):  # a misspelt key would be dropped with a warning deep in a log
         from maskclf.config import DEFAULT_CONFIG
         nb = dict(folds='train.ipynb', ensemble='ensemble.ipynb').get(a.command)
