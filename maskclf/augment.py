@@ -107,8 +107,14 @@ class BatchTfms(nn.Module):
         x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
         if tuple(x.shape[-2:]) != self.size: x = F.interpolate(x, self.size, mode='bilinear', antialias=True)
         if len(self.random): x = self.random(x).clamp(0, 1)  # albumentations clips to the uint8 range too
-        mean, std = (torch.tensor(v, device=x.device).view(1, 3, 1, 1) for v in (self.mean, self.std))
+        mean, std = self._norm(x.device)
         return (x - mean) / std
+
+    def _norm(self, device) -> tuple:
+        "mean and std as (1,3,1,1) tensors on `device`, made once: a new GPU tensor each batch is a copy the host waits for"
+        if getattr(self, '_norm_on', (None,))[0] != device:
+            self._norm_on = (device, *(torch.tensor(v, device=device).view(1, 3, 1, 1) for v in (self.mean, self.std)))
+        return self._norm_on[1:]
 
 def batch_tfms(size,  # (height, width) of the model input; an int means square
                mean=IMAGENET_MEAN,  # normalisation mean, 0-1 scale (model.data_config['mean'])

@@ -5,6 +5,7 @@
 # %% ../nbs/02a_detect.ipynb #7d559229
 from __future__ import annotations
 import hashlib, os
+from contextlib import nullcontext
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, asdict
 from typing import NamedTuple
@@ -287,6 +288,13 @@ class _torch_threads:
         import torch
         torch.set_num_threads(self.old)
 
+def _cudnn_for_detection(cuda: bool):
+    "Context: on CUDA, cuDNN without autotuning or TF32 while MTCNN runs (the settings come back on exit)."
+    import torch; cd = torch.backends.cudnn
+    # R-net and O-net see another number of candidates each call, so training's autotuning (`make_precision`) would time
+    # their kernels again every batch; TF32 would move boxes by about 1e-3 from a CPU's, and box caches are shared
+    return cd.flags(enabled=cd.enabled, benchmark=False, deterministic=cd.deterministic, allow_tf32=False) if cuda else nullcontext()
+
 def _det_size(size, det_short: int) -> tuple[int, int]:
     "Size (w,h) at which a photo of `size` is shown to the detector."
     s = min(1., det_short / min(size)) if det_short else 1.
@@ -319,7 +327,7 @@ def detect_faces(paths, # photo files
     if cuda: batch_size = max(batch_size, CUDA_BATCH)
     workers = workers or (2 if cuda else min(2, cpus))  # on CUDA the second decodes the next batch while the GPU works
     n_decode = max(2, cpus // workers) if cuda else (1 if workers > 1 else 2)  # JPEG decoding threads per batch
-    with (_torch_threads(1 if device.type == 'cpu' else 0), ThreadPoolExecutor(workers) as pool,
+    with (_torch_threads(1 if device.type == 'cpu' else 0), _cudnn_for_detection(cuda), ThreadPoolExecutor(workers) as pool,
           tqdm(total=len(paths), desc='faces', disable=not progress) as bar):
         for k, p in enumerate(detector_passes(detector)):
             if not todo: break

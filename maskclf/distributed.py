@@ -5,6 +5,7 @@
 # %% ../nbs/07c_distributed.ipynb #9358e5f4
 from __future__ import annotations
 import os
+from datetime import timedelta
 
 import numpy as np
 import torch
@@ -20,13 +21,16 @@ def dist_info() -> tuple[int, int, int]:
     "(rank, world size, local rank) from torchrun's environment; (0, 1, 0) otherwise."
     return int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1)), int(os.environ.get('LOCAL_RANK', 0))
 
-def setup_distributed() -> tuple[int, int, torch.device]:
+def setup_distributed(timeout_min: float = 60, # how long a rank waits at a barrier or collective before the job fails
+                     ) -> tuple[int, int, torch.device]:
     "Join the process group when launched by torchrun; returns (rank, world, device)."
     rank, world, local = dist_info()
     device = torch.device(f'cuda:{local}') if torch.cuda.is_available() else torch.device('cpu')
     if world > 1 and not dist.is_initialized():
         if device.type == 'cuda': torch.cuda.set_device(device)
-        dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+        # NCCL's default is 10 minutes, and the other ranks wait at a barrier while rank 0 alone detects and crops
+        # photos missing from the cache (the 12,600 eval photos take minutes at MTCNN's speed)
+        dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo', timeout=timedelta(minutes=timeout_min))
     return rank, world, device
 
 class Shard(Dataset):

@@ -20,12 +20,12 @@ from .core import N_CLASSES, seed_everything, epoch_seed, atomic_path, get_devic
 from .augment import tta_wrapper
 from .metrics import score, selection_metric, check_probs, NonFiniteLossError
 from .distributed import dist_info, gather_shards, unwrap, barrier
-from .loaders import dataset_attr, reseed_loader
+from .loaders import dataset_attr, reseed_loader, RANK_SEED_STRIDE
 from .checkpoint import save_checkpoint
 from .report import tensorboard_writer, log_epoch, speed
 
 # %% auto #0
-__all__ = ['PLATEAU_FACTOR', 'PLATEAU_PATIENCE', 'ONECYCLE_SPARE_STEPS', 'make_optimizer', 'Schedule', 'Precision',
+__all__ = ['PLATEAU_FACTOR', 'PLATEAU_PATIENCE', 'ONECYCLE_SPARE_STEPS', 'make_optimizer', 'Schedule', 'Precision', 'amp_dtype',
            'make_precision', 'seed_epoch', 'train_one_epoch', 'predict_probs', 'validate', 'make_mix', 'append_history',
            'fit']
 
@@ -95,14 +95,17 @@ class Precision:
         x = self.to_device(x)
         return x if batch_tfms is None else self.to_device(batch_tfms(x))
 
+def amp_dtype(amp, native_bf16: bool):
+    "GPU autocast dtype for the config's `amp` (True, False, 'bf16', 'fp16'): True is bf16 where native (sm80 on), else fp16."
+    if not amp: return None
+    return {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(str(amp).lower(), torch.bfloat16 if native_bf16 else torch.float16)
+
 def make_precision(device=None, amp=True) -> Precision:
     "A `Precision` for `device`: amp True picks bf16 (fp16 where bf16 is unsupported) on CUDA; CPU stays fp32."
     device = get_device(device)
     cuda = device.type == 'cuda'
-    dtype = None
-    if cuda and amp:
-        bf16 = torch.cuda.is_bf16_supported()
-        dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(str(amp).lower(), torch.bfloat16 if bf16 else torch.float16)
+    # without including_emulation=False, GPUs that only emulate bf16 (V100, T4: fp16 is their fast path) count too
+    dtype = amp_dtype(amp, torch.cuda.is_bf16_supported(including_emulation=False)) if cuda else None
     scaler = torch.amp.GradScaler('cuda' if cuda else 'cpu', enabled=dtype == torch.float16)
     if cuda: torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels once
     # channels_last on CPU too: oneDNN's NHWC kernels trained tf_efficientnet_lite0 at 128x96 about 1.4x faster per
@@ -118,8 +121,17 @@ def seed_epoch(loader: DataLoader, # the training loader, reseeded for the epoch
                epoch: int, # the epoch about to run
                rank: int = 0, # this process under DDP
               ):
-    "Seed everything random in `epoch` (torch, numpy, Python, the loader's order and augmentations) from the run's seed and the epoch alone."
-    s = epoch_seed(seed, epoch); seed_everything(s); reseed_loader(loader, s, rank)
+    "Seed everything random in `epoch` (torch, numpy, Python, the loader's order and augmentations) from the run's seed, the epoch and the rank."
+    # Each rank its own draws: on-device augmentation (kornia), dropout and CutMix use the global generators, and one
+    # seed on every GPU would give sample i of each shard the same flips, crops and masks. DistributedSampler shuffles
+    # with its own seed, so the shards still partition the epoch; rank 0 (and a single process) is unchanged.
+    s = epoch_seed(seed, epoch); seed_everything(s + RANK_SEED_STRIDE * rank); reseed_loader(loader, s, rank)
+
+def _checked_loss(loss: torch.Tensor, step: int, lr: float, epoch: int) -> float:
+    "A step's loss as a float, or `NonFiniteLossError` naming the epoch and step."
+    if math.isfinite(v := loss.item()): return v
+    raise NonFiniteLossError(f'the training loss became {v} at epoch {epoch}, step {step}: lower the learning rate '
+                             f'(lr={lr:.3g}) or train in fp32 (amp=False).')
 
 def train_one_epoch(model, # the model (DDP-wrapped or not)
                     loader, # training batches
@@ -133,7 +145,7 @@ def train_one_epoch(model, # the model (DDP-wrapped or not)
                     show: bool = True, # progress bar
                    ) -> dict:
     "Train for one pass over `loader`; returns the mean loss, last learning rate, images, seconds, images/s (GPU memory)."
-    model.train(); t0, total, n = time.time(), 0., 0
+    model.train(); t0, total, n, last = time.time(), 0., 0, None
     cuda, tfms = precision.device.type == 'cuda', dataset_attr(loader.dataset, 'batch_tfms')
     if cuda: torch.cuda.reset_peak_memory_stats(precision.device)
     bar = tqdm(loader, desc=f'epoch {epoch} train', leave=False, disable=not show)
@@ -143,9 +155,7 @@ def train_one_epoch(model, # the model (DDP-wrapped or not)
         with precision.autocast():
             out = model(x, target=y['label'] if y['label'].ndim == 1 else None)
             loss = loss_fn(out, y)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f'the training loss became {loss.item()} at epoch {epoch}, step {step}: lower the '
-                                     f'learning rate (lr={optimizer.param_groups[0]["lr"]:.3g}) or train in fp32 (amp=False).')
+        lr = optimizer.param_groups[0]['lr']
         optimizer.zero_grad(set_to_none=True)
         precision.scaler.scale(loss).backward()
         if grad_clip:
@@ -153,8 +163,11 @@ def train_one_epoch(model, # the model (DDP-wrapped or not)
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         precision.scaler.step(optimizer); precision.scaler.update()
         if schedule is not None: schedule.step_batch()
-        total += loss.item() * len(x); n += len(x)
-        bar.set_postfix(loss=f'{total / n:.4f}')
+        # The previous step's loss is read (and checked) only now, with this step queued: reading a loss waits for
+        # the GPU to compute it, so reading this one would leave the GPU idle while Python prepares the next batch
+        if last is not None: total += _checked_loss(*last, epoch) * n_last; bar.set_postfix(loss=f'{total / n:.4f}')
+        last, n_last = (loss.detach(), step, lr), len(x); n += len(x)
+    if last is not None: total += _checked_loss(*last, epoch) * n_last
     secs = time.time() - t0
     gpu = dict(gpu_mem_gb=torch.cuda.max_memory_allocated(precision.device) / 2**30) if cuda else {}
     return dict(train_loss=total / max(n, 1), lr=optimizer.param_groups[0]['lr'], n_train=n, train_seconds=secs,
