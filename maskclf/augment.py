@@ -98,6 +98,7 @@ class BatchTfms(nn.Module):
         super().__init__()
         if level not in AUG_LEVELS: raise ValueError(f'unknown augmentation level {level!r}: choose one of {AUG_LEVELS}')
         self.size, self.level, self.mean, self.std = _size(size), level, tuple(mean), tuple(std)
+        self._norm_on = (None,)  # (device, mean, std) once a batch has been normalised there
         self.random = nn.Sequential(*{'none': [], 'light': _light_batch(), 'strong': _strong_batch()}[level])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -112,7 +113,7 @@ class BatchTfms(nn.Module):
 
     def _norm(self, device) -> tuple:
         "mean and std as (1,3,1,1) tensors on `device`, made once: a new GPU tensor each batch is a copy the host waits for"
-        if getattr(self, '_norm_on', (None,))[0] != device:
+        if self._norm_on[0] != device:
             self._norm_on = (device, *(torch.tensor(v, device=device).view(1, 3, 1, 1) for v in (self.mean, self.std)))
         return self._norm_on[1:]
 

@@ -215,7 +215,9 @@ def clean_stale_tmp(folder) -> list[Path]:
     for f in Path(folder).glob('.*.tmp*') if Path(folder).is_dir() else []:
         pid, _, host = f.name.rsplit('.tmp', 1)[1].partition('-')  # `staged_dir` adds the host: '<pid>-<host>'
         if pid.isdigit() and host in ('', socket.gethostname()) and not process_alive(int(pid)):
-            shutil.rmtree(f, ignore_errors=True) if f.is_dir() else f.unlink(missing_ok=True); gone.append(f)  # a dir: `staged_dir`
+            if f.is_dir(): shutil.rmtree(f, ignore_errors=True)  # a folder of `staged_dir`
+            else: f.unlink(missing_ok=True)
+            gone.append(f)
     return gone
 
 # %% ../nbs/00_core.ipynb #5561ecb6

@@ -127,9 +127,9 @@ def seed_epoch(loader: DataLoader, # the training loader, reseeded for the epoch
     # with its own seed, so the shards still partition the epoch; rank 0 (and a single process) is unchanged.
     s = epoch_seed(seed, epoch); seed_everything(s + RANK_SEED_STRIDE * rank); reseed_loader(loader, s, rank)
 
-def _checked_loss(loss: torch.Tensor, step: int, lr: float, epoch: int) -> float:
-    "A step's loss as a float, or `NonFiniteLossError` naming the epoch and step."
-    if math.isfinite(v := loss.item()): return v
+def _checked_loss(loss: torch.Tensor, n: int, step: int, lr: float, epoch: int) -> float:
+    "A step's loss summed over its `n` images, or `NonFiniteLossError` naming the epoch and step."
+    if math.isfinite(v := loss.item()): return v * n
     raise NonFiniteLossError(f'the training loss became {v} at epoch {epoch}, step {step}: lower the learning rate '
                              f'(lr={lr:.3g}) or train in fp32 (amp=False).')
 
@@ -165,9 +165,9 @@ def train_one_epoch(model, # the model (DDP-wrapped or not)
         if schedule is not None: schedule.step_batch()
         # The previous step's loss is read (and checked) only now, with this step queued: reading a loss waits for
         # the GPU to compute it, so reading this one would leave the GPU idle while Python prepares the next batch
-        if last is not None: total += _checked_loss(*last, epoch) * n_last; bar.set_postfix(loss=f'{total / n:.4f}')
-        last, n_last = (loss.detach(), step, lr), len(x); n += len(x)
-    if last is not None: total += _checked_loss(*last, epoch) * n_last
+        if last is not None: total += _checked_loss(*last, epoch); bar.set_postfix(loss=f'{total / n:.4f}')
+        last = (loss.detach(), len(x), step, lr); n += len(x)
+    if last is not None: total += _checked_loss(*last, epoch)
     secs = time.time() - t0
     gpu = dict(gpu_mem_gb=torch.cuda.max_memory_allocated(precision.device) / 2**30) if cuda else {}
     return dict(train_loss=total / max(n, 1), lr=optimizer.param_groups[0]['lr'], n_train=n, train_seconds=secs,
