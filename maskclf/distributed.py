@@ -14,7 +14,7 @@ import torch.distributed as dist
 from torch.utils.data import Dataset
 
 # %% auto #0
-__all__ = ['dist_info', 'setup_distributed', 'Shard', 'gather_shards', 'unwrap', 'barrier']
+__all__ = ['dist_info', 'setup_distributed', 'Shard', 'gather_shards', 'unwrap', 'sync_buffers', 'barrier']
 
 # %% ../nbs/07c_distributed.ipynb #c4e1d7af
 def dist_info() -> tuple[int, int, int]:
@@ -55,6 +55,13 @@ def gather_shards(probs: np.ndarray, loss, n: int | None):
 def unwrap(model: nn.Module) -> nn.Module:
     "The model inside a DDP wrapper (or the model itself)."
     return model.module if hasattr(model, 'module') else model
+
+def sync_buffers(model: nn.Module, src: int = 0):
+    "Copy rank `src`'s buffers (BatchNorm's running statistics) to every rank (no-op without a process group)."
+    # DDP copies rank 0's buffers before each training forward, so after an epoch's last step every rank's statistics
+    # have moved by its own batch: validation shards would be scored by slightly different models, none of them saved
+    if not (dist.is_available() and dist.is_initialized()): return
+    for b in unwrap(model).buffers(): dist.broadcast(b, src)
 
 def barrier():
     "Wait for every process of the group (no-op without one)."

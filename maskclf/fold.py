@@ -282,7 +282,9 @@ def run_fold(cfg: dict) -> dict:
         if main: trim_history(fold_dir / 'history.csv', at['start'])
     if world > 1: model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None)
     history = fit(model, r.train_dl, r.val_dl, r.loss_fn, optimizer, schedule, prec, cfg, fold_dir, main=main, **at)
-    # final predictions with the best weights
+    # final predictions with the best weights, read from best.pt: the training model, its optimizer state and a resumed
+    # checkpoint are let go first, so the GPU does not hold them while the validation and eval photos are predicted
+    model = optimizer = schedule = r = ck = None
     result = finish_fold(cfg, fold_dir, df, ev, val_idx, pixels, prec, main, history, n_train=len(train_idx))
     barrier()
     return result
@@ -302,7 +304,7 @@ def finish_fold(cfg: dict, # the resolved run config
     "Predict validation and eval photos with `best.pt` (+TTA, both framings), write oof/test/submission/metrics/figures/report."
     barrier()
     rank, world, _ = dist_info()
-    ck = load_checkpoint(fold_dir / 'best.pt', prec.device)  # read once: weights, config and epoch
+    ck = load_checkpoint(fold_dir / 'best.pt')  # read once, onto the CPU: weights, config and epoch (`load_model` moves the weights)
     model = load_model(ck, prec.device)
     if prec.channels_last: model = model.to(memory_format=torch.channels_last)
     def predict(d, idx, what, pix=None):  # each framing of `d` (`tta_framing`) with the run's TTA

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from .core import N_CLASSES, seed_everything, epoch_seed, atomic_path, get_device
 from .augment import tta_wrapper
 from .metrics import score, selection_metric, check_probs, NonFiniteLossError
-from .distributed import dist_info, gather_shards, unwrap, barrier
+from .distributed import dist_info, gather_shards, unwrap, barrier, sync_buffers
 from .loaders import dataset_attr, reseed_loader, RANK_SEED_STRIDE
 from .checkpoint import save_checkpoint
 from .report import tensorboard_writer, log_epoch, speed
@@ -250,6 +250,7 @@ def fit(model, # the model (DDP-wrapped under torchrun)
             seed_epoch(train_dl, cfg['seed'], epoch, rank)
             tr = train_one_epoch(model, train_dl, loss_fn, optimizer, prec, schedule, epoch=epoch, grad_clip=cfg['grad_clip'],
                                  mix=mix, show=main)
+            sync_buffers(model)  # validate (and save) rank 0's BatchNorm statistics on every rank
             va = validate(unwrap(model), val_dl, loss_fn, prec, show=False)
             check_probs(va['probs'], f'validation at epoch {epoch} (lr={optimizer.param_groups[0]["lr"]:.3g})',
                         loss=va['val_loss'], error=NonFiniteLossError)

@@ -21,7 +21,8 @@ def soft_targets(target: torch.Tensor, n_classes: int) -> tuple[torch.Tensor, to
         q, known = target.float(), target.sum(1) > 0
     else:
         known = target >= 0
-        q = F.one_hot(target.clamp_min(0), n_classes).float()
+        # one-hot by comparison, which never reads the labels back to the host (F.one_hot checks their range there)
+        q = (target.clamp_min(0)[:, None] == torch.arange(n_classes, device=target.device)).float()
     return q, known
 
 # %% ../nbs/06_loss.ipynb #59e8b270
@@ -44,14 +45,16 @@ def soft_f1(logits, # (B, C) raw scores
             q, # (B, C) soft targets
             class_weights=None, # (C,) weight of each class's F1 in the mean, or None
             eps: float = 1e-7, # keeps classes without any mass finite
+            known=None, # (B,) bool: the rows to count (default all); 0 when there is none
            ):
-    "`1 -` the mean differentiable F1 over the classes present in the targets `q`."
+    "`1 -` the mean differentiable F1 over the classes present in the targets `q` of the `known` rows."
     p = logits.float().softmax(1)
+    if known is not None: k = known[:, None].to(p.dtype); p, q = p * k, q * k  # unknown rows add nothing anywhere
     tp, fp, fn = (p * q).sum(0), (p * (1 - q)).sum(0), ((1 - p) * q).sum(0)
     f1 = 2 * tp / (2 * tp + fp + fn + eps)
     present = (q.sum(0) > 0).float()
     if class_weights is not None: present = present * class_weights
-    return 1 - (f1 * present).sum() / present.sum().clamp_min(eps)
+    return (1 - (f1 * present).sum() / present.sum().clamp_min(eps)) * (present.sum() > 0)
 
 # %% ../nbs/06_loss.ipynb #aaf2a84e
 LOSSES = ('ce', 'focal', 'f1')
@@ -93,14 +96,14 @@ class MaskLoss:
             class_weights=None, # (C,) class weights, or None
            ):
         "The spec's loss for one output and its target; 0 when no row is known."
-        q, known = soft_targets(target, n_classes)
-        if not known.any(): return logits.sum() * 0.
-        logits, q = logits[known], q[known].to(logits.device)
+        # Unknown rows get weight 0 instead of being indexed out: indexing by a mask, like asking `known.any()`,
+        # makes the host wait for the GPU (three waits a head, every step); the weighted sums come out the same
+        q, known = (t.to(logits.device) for t in soft_targets(target, n_classes))
         qs = q * (1 - self.smoothing) + self.smoothing / n_classes if self.smoothing else q  # F1 keeps the unsmoothed q
         cw = None if class_weights is None else class_weights.to(logits.device)
-        w = torch.ones(len(q), device=logits.device) if cw is None else q @ cw
+        w = known.float() if cw is None else (q @ cw) * known
         fns = {'ce': lambda: cross_entropy(logits, qs, w), 'focal': lambda: focal(logits, qs, w, self.gamma),
-               'f1': lambda: soft_f1(logits, q, class_weights=cw)}
+               'f1': lambda: soft_f1(logits, q, class_weights=cw, known=known)}
         return sum(a * fns[name]() for a, name in self.terms)
 
     def __call__(self, outputs: dict, targets: dict) -> torch.Tensor:

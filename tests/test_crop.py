@@ -8,7 +8,7 @@ import pytest
 from maskclf.core import real_data, MASK_NAMES
 import maskclf.detect
 from maskclf.crop import (detect_faces, complete_boxes, box_hits, person_spread, crop_cache, crop_window, tuning_half, BOX)
-from maskclf.detect import _integral_torch
+from maskclf.mtcnn import _integral_torch
 
 # albumentations' warnings are errors here as in every test: tests/conftest.py, `strict_albumentations`
 
@@ -65,7 +65,7 @@ def test_device_path_on_cpu(monkeypatch):
     "The GPU path (integral images and resampling in torch on the device) gives the CPU path's boxes, run on CPU tensors."
     masks = _read('masks').head(40)
     numpy_path = detect_faces(masks.path, device='cpu', progress=False)
-    monkeypatch.setattr(maskclf.detect, '_integral', lambda imgs, device='cpu': _integral_torch(imgs, device))
+    monkeypatch.setattr(maskclf.mtcnn, '_integral', lambda imgs, device='cpu': _integral_torch(imgs, device))
     _same_boxes(detect_faces(masks.path, device='cpu', progress=False), numpy_path, masks)
 
 

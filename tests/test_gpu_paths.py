@@ -1,5 +1,6 @@
 """The GPU input path, run on CPU tensors: batched augmentation on the device against the albumentations path,
-a fold trained from uint8 batches, TensorBoard files, and the rows of the training benchmark. CPU, small images."""
+a fold trained from uint8 batches, TensorBoard files, the rows of the training benchmark, the training state let go
+before a fold predicts, and DDP's BatchNorm statistics at validation (two gloo processes). CPU, small images."""
 import math, os
 
 import numpy as np, pandas as pd, pytest, torch
@@ -112,6 +113,21 @@ def test_uint8_fold_with_tensorboard(outputs, capsys, monkeypatch):
     assert not (d / 'no_tb' / 'fold0' / 'tb').exists()  # only when asked
 
 
+def test_fold_lets_training_state_go_before_predicting(outputs, monkeypatch):
+    "The training model and its optimizer are freed before `finish_fold` predicts with best.pt (on a GPU: memory back)."
+    import gc, weakref, maskclf.fold
+    d, data = outputs
+    held, fit, finish = {}, maskclf.fold.fit, maskclf.fold.finish_fold
+    def spy_fit(model, train_dl, val_dl, loss_fn, optimizer, *a, **k):
+        held.update(model=weakref.ref(model), optimizer=weakref.ref(optimizer))
+        return fit(model, train_dl, val_dl, loss_fn, optimizer, *a, **k)
+    def spy_finish(*a, **k):
+        gc.collect(); held['alive'] = [n for n in ('model', 'optimizer') if held[n]() is not None]
+        return finish(*a, **k)
+    monkeypatch.setattr(maskclf.fold, 'fit', spy_fit); monkeypatch.setattr(maskclf.fold, 'finish_fold', spy_finish)
+    r = run_fold(dict(TINY, data_dir=data, run='let_go', epochs=1))
+    assert held['alive'] == [] and 0 <= r['f1_mask'] <= 1
+
 def test_bench_train_rows(outputs):
     "nbs/bench_train.ipynb writes every row the issue lists, with the columns it asks for."
     import papermill as pm
@@ -140,3 +156,27 @@ def test_persistent_workers_resume_order():
     second = order(going, 1)
     assert second == order(make_loader(ds(), 4, True, seed=0, num_workers=1), 1)
     assert sorted(first) == list(range(n)) and first != second and list(range(n)) not in (first, second)  # it does shuffle
+
+
+def _bn_stats_after_sync(rank, world, port, out_dir):
+    "One rank of a gloo group: BatchNorm statistics of its own, then `sync_buffers`; writes what it holds."
+    import torch.distributed as dist
+    from maskclf.distributed import sync_buffers
+    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank, world_size=world)
+    bn = torch.nn.BatchNorm2d(3)
+    ddp = torch.nn.parallel.DistributedDataParallel(torch.nn.Sequential(bn))  # copies rank 0's buffers once, here
+    bn.running_mean.fill_(rank + 1.); bn.num_batches_tracked.fill_(10 * (rank + 1))  # then each rank's last batch moves them
+    sync_buffers(ddp)  # through the wrapper, as `fit` calls it
+    torch.save({k: v.clone() for k, v in bn.state_dict().items()}, f'{out_dir}/rank{rank}.pt')
+    dist.destroy_process_group()
+
+
+def test_sync_buffers_two_processes(tmp_path):
+    "Under DDP every rank validates with rank 0's BatchNorm statistics, not the ones its last batch left."
+    import socket
+    import torch.multiprocessing as mp
+    with socket.socket() as s: s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]
+    mp.spawn(_bn_stats_after_sync, args=(2, port, str(tmp_path)), nprocs=2)
+    r0, r1 = (torch.load(tmp_path / f'rank{r}.pt', weights_only=True) for r in (0, 1))
+    assert r1['running_mean'].eq(1.).all() and r1['num_batches_tracked'] == 10
+    for k in r0: assert torch.equal(r0[k], r1[k]), k
