@@ -13,7 +13,7 @@ from .core import N_CLASSES, encode, save_json
 from .metrics import PROB_COLS
 
 # %% auto #0
-__all__ = ['fake_run', 'fake_eval_dir']
+__all__ = ['fake_run', 'fake_eval_dir', 'host_reads']
 
 # %% ../nbs/99_testing.ipynb #5539a475
 def fake_run(dest, # the run folder to write
@@ -57,3 +57,26 @@ def fake_eval_dir(dest, n_eval=14) -> Path:
     for i in ids: Image.new('RGB', (6, 8), (128, 128, 128)).save(d / 'images' / i)
     pd.DataFrame(dict(ImageID=ids, ans=0)).to_csv(d / 'info.csv', index=False)
     return Path(dest)
+
+# %% ../nbs/99_testing.ipynb #4318b345
+def _host_read(func, args) -> bool:
+    "Whether an aten op reads a tensor's value back to the host."
+    import torch
+    aten, op = torch.ops.aten, func.overloadpacket
+    if op is aten.index: return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1])
+    return op in (aten._local_scalar_dense, aten.nonzero, aten.masked_select)
+
+def host_reads():
+    "A context that records host reads as `file:function` of their caller outside torch, in `.seen` (a Counter)."
+    import collections, traceback
+    from torch.utils._python_dispatch import TorchDispatchMode
+    class HostReads(TorchDispatchMode):
+        def __init__(self): super().__init__(); self.seen = collections.Counter()
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if _host_read(func, args):
+                stack = traceback.extract_stack()[:-1]  # without this frame
+                if not any(s in f.filename for f in stack for s in ('torch/optim/', 'torch/utils/data/')):
+                    f = [f for f in stack if '/torch/' not in f.filename][-1]
+                    self.seen[f'{Path(f.filename).name}:{f.name}'] += 1
+            return func(*args, **(kwargs or {}))
+    return HostReads()

@@ -19,6 +19,7 @@ from .core import get_device
 from .checks import to_rgb
 from .data import BOX_COLUMNS
 from .mtcnn import detect_batch
+from .mtcnn import MTCNN_SIDES, MTCNN_NMS, MTCNN_CENTRE, MTCNN_SCALE  # old import paths: these lived here
 
 # %% auto #0
 __all__ = ['DETECTOR', 'DETECT_PIXELS', 'CUDA_BATCH', 'DETECT_BATCH', 'BOX', 'HIT_AREA', 'load_image', 'image_size',
@@ -206,13 +207,13 @@ def _detect_group(paths, idx, sizes, thresholds, min_face, factor, device, det_s
     return [(b * scale, p) for b, p in detect_batch(_decode(paths, idx, (dw, dh), n_threads), thresholds, min_face, factor, device)]
 
 # %% ../nbs/02a_detect.ipynb #74c75843
-CUDA_BATCH = 128  # photos per MTCNN call on a GPU at least: small batches leave it idle between Python steps
+CUDA_BATCH = 128  # photos per MTCNN call on a GPU at least (unless `DETECT_PIXELS` caps it): small batches leave it idle
 DETECT_BATCH = 16  # photos per MTCNN call by default (on CPU, batches of 32 were no faster)
 BOX = BOX_COLUMNS  # the box columns x1,y1,x2,y2 of every box table (one list: `maskclf.data.BOX_COLUMNS`)
 
 def detect_faces(paths, # photo files
                  device=None, # torch device for MTCNN (default: CUDA where available, else CPU)
-                 batch_size: int = DETECT_BATCH, # photos per MTCNN call (same-size photos only; on CUDA at least `CUDA_BATCH`)
+                 batch_size: int = DETECT_BATCH, # photos per MTCNN call (same-size photos only; on CUDA at least `CUDA_BATCH`; `DETECT_PIXELS` caps it)
                  detector: DetectorConfig = DETECTOR, # detector settings
                  progress: bool = True, # show a progress bar
                  workers: int = 0, # batches detected at once (0: 2; on CPU one torch thread each, at most one per core)

@@ -250,7 +250,7 @@ def fit(model, # the model (DDP-wrapped under torchrun)
             seed_epoch(train_dl, cfg['seed'], epoch, rank)
             tr = train_one_epoch(model, train_dl, loss_fn, optimizer, prec, schedule, epoch=epoch, grad_clip=cfg['grad_clip'],
                                  mix=mix, show=main)
-            sync_buffers(model)  # validate (and save) rank 0's BatchNorm statistics on every rank
+            sync_buffers(model)  # every rank validates with the BatchNorm statistics rank 0 saves
             va = validate(unwrap(model), val_dl, loss_fn, prec, show=False)
             check_probs(va['probs'], f'validation at epoch {epoch} (lr={optimizer.param_groups[0]["lr"]:.3g})',
                         loss=va['val_loss'], error=NonFiniteLossError)

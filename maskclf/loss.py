@@ -21,7 +21,8 @@ def soft_targets(target: torch.Tensor, n_classes: int) -> tuple[torch.Tensor, to
         q, known = target.float(), target.sum(1) > 0
     else:
         known = target >= 0
-        # one-hot by comparison, which never reads the labels back to the host (F.one_hot checks their range there)
+        # one-hot by comparison: F.one_hot reads the labels' range back to the host off CUDA, which the test of host reads
+        # below would flag; labels are checked once, when the tables are read (`maskclf.checks`)
         q = (target.clamp_min(0)[:, None] == torch.arange(n_classes, device=target.device)).float()
     return q, known
 
@@ -50,11 +51,12 @@ def soft_f1(logits, # (B, C) raw scores
     "`1 -` the mean differentiable F1 over the classes present in the targets `q` of the `known` rows."
     p = logits.float().softmax(1)
     if known is not None: k = known[:, None].to(p.dtype); p, q = p * k, q * k  # unknown rows add nothing anywhere
+    scored = (q.sum(0) > 0).any()  # some class has mass (before class weights): else the loss is 0, not 1
     tp, fp, fn = (p * q).sum(0), (p * (1 - q)).sum(0), ((1 - p) * q).sum(0)
     f1 = 2 * tp / (2 * tp + fp + fn + eps)
     present = (q.sum(0) > 0).float()
     if class_weights is not None: present = present * class_weights
-    return (1 - (f1 * present).sum() / present.sum().clamp_min(eps)) * (present.sum() > 0)
+    return (1 - (f1 * present).sum() / present.sum().clamp_min(eps)) * scored
 
 # %% ../nbs/06_loss.ipynb #aaf2a84e
 LOSSES = ('ce', 'focal', 'f1')
@@ -99,6 +101,7 @@ class MaskLoss:
         # Unknown rows get weight 0 instead of being indexed out: indexing by a mask, like asking `known.any()`,
         # makes the host wait for the GPU (three waits a head, every step); the weighted sums come out the same
         q, known = (t.to(logits.device) for t in soft_targets(target, n_classes))
+        logits = torch.where(known[:, None], logits, 0)  # an unknown row's logits cannot turn the loss NaN, nor get a gradient
         qs = q * (1 - self.smoothing) + self.smoothing / n_classes if self.smoothing else q  # F1 keeps the unsmoothed q
         cw = None if class_weights is None else class_weights.to(logits.device)
         w = known.float() if cw is None else (q @ cw) * known

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from maskclf.core import real_data, MASK_NAMES
-import maskclf.detect
+import maskclf.detect, maskclf.mtcnn
 from maskclf.crop import (detect_faces, complete_boxes, box_hits, person_spread, crop_cache, crop_window, tuning_half, BOX)
 from maskclf.mtcnn import _integral_torch
 

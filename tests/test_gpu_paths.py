@@ -1,5 +1,5 @@
 """The GPU input path, run on CPU tensors: batched augmentation on the device against the albumentations path,
-a fold trained from uint8 batches, TensorBoard files, the rows of the training benchmark, the training state let go
+a fold trained from uint8 batches, TensorBoard files, the rows of the training benchmark, what a step reads back, the training state let go
 before a fold predicts, and DDP's BatchNorm statistics at validation (two gloo processes). CPU, small images."""
 import math, os
 
@@ -114,19 +114,37 @@ def test_uint8_fold_with_tensorboard(outputs, capsys, monkeypatch):
 
 
 def test_fold_lets_training_state_go_before_predicting(outputs, monkeypatch):
-    "The training model and its optimizer are freed before `finish_fold` predicts with best.pt (on a GPU: memory back)."
-    import gc, weakref, maskclf.fold
+    "The training model and its optimizer are freed before `finish_fold` predicts with best.pt; `fit` syncs buffers each epoch."
+    import weakref, maskclf.fold, maskclf.learn
     d, data = outputs
     held, fit, finish = {}, maskclf.fold.fit, maskclf.fold.finish_fold
     def spy_fit(model, train_dl, val_dl, loss_fn, optimizer, *a, **k):
         held.update(model=weakref.ref(model), optimizer=weakref.ref(optimizer))
         return fit(model, train_dl, val_dl, loss_fn, optimizer, *a, **k)
     def spy_finish(*a, **k):
-        gc.collect(); held['alive'] = [n for n in ('model', 'optimizer') if held[n]() is not None]
+        held['alive'] = [n for n in ('model', 'optimizer') if held[n]() is not None]  # reference counts alone: no gc.collect
         return finish(*a, **k)
+    synced, sync = [], maskclf.learn.sync_buffers
     monkeypatch.setattr(maskclf.fold, 'fit', spy_fit); monkeypatch.setattr(maskclf.fold, 'finish_fold', spy_finish)
-    r = run_fold(dict(TINY, data_dir=data, run='let_go', epochs=1))
+    monkeypatch.setattr(maskclf.learn, 'sync_buffers', lambda m: (synced.append(type(m).__name__), sync(m)))
+    r = run_fold(dict(TINY, data_dir=data, run='let_go', epochs=2))
     assert held['alive'] == [] and 0 <= r['f1_mask'] <= 1
+    assert len(synced) == 2  # before each epoch's validation (a no-op here, without a process group)
+
+def test_training_step_reads_back_only_its_loss():
+    "Over an epoch of the default recipe, the one value a step reads back from the device is the previous step's loss."
+    from maskclf._testing import host_reads
+    from maskclf.config import resolve_config, crop_size
+    from maskclf.fold import make_recipe
+    from maskclf.learn import make_mix, seed_epoch
+    cfg = resolve_config(dict(pretrained=False, img_size=48, batch_size=8, num_workers=0, augment_on='cpu'))
+    pix, t = crops(32, *crop_size(cfg)[::-1])
+    prec = make_precision('cpu', cfg['amp'])
+    r = make_recipe(cfg, pix, np.arange(24), np.arange(24, 32), t, t, prec, other=pix[:, :, ::-1].copy())
+    seed_epoch(r.train_dl, cfg['seed'], 0)
+    with host_reads() as reads:
+        train_one_epoch(r.model, r.train_dl, r.loss_fn, r.optimizer, prec, r.schedule, 0, cfg['grad_clip'], make_mix(cfg['mix']), False)
+    assert dict(reads.seen) == {'learn.py:_checked_loss': len(r.train_dl)}, reads.seen
 
 def test_bench_train_rows(outputs):
     "nbs/bench_train.ipynb writes every row the issue lists, with the columns it asks for."

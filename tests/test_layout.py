@@ -28,6 +28,7 @@ OLD_NAMES = {  # old import path -> the module that holds the name now
                   runs='FOLD_FILES IGNORED_PARAMS run_dir fold_status read_config read_oof run_summary compare_runs',
                   report='plot_runs fold_scores plot_fold_scores ensemble_report',
                   _testing='fake_run fake_eval_dir'),
+    'detect': dict(mtcnn='MTCNN_SIDES MTCNN_NMS MTCNN_CENTRE MTCNN_SCALE'),  # MTCNN's cascade left detect for its own module
 }
 
 
